@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both build .venv from constraints.txt first.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0 -c constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+# A real matrix on the built-in models: every (format, backend) cell, fp32, with speed, memory and accuracy.
+demo: venv
+	$(VENV)/bin/deploybench run --models digits_cnn,resnet18,mobilenet_v3,tiny_transformer \
+		--backends torch,onnxruntime,openvino --precisions fp32 --output demo-results.json
+
+# The fast path CI runs: tests of deploybench itself; slow matrix runs are marked and left out.
+test: venv
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider
+
+test-all: venv
+	$(PY) -m pytest tests
+
+bench: venv
+	$(PY) -m pytest benchmarks --models digits_cnn,resnet18 --backends torch,onnxruntime,openvino --benchmark-autosave
+
+clean:
+	rm -rf $(VENV) .deploybench-cache .benchmarks

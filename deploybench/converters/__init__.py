@@ -1,0 +1,84 @@
+"""Converters: one module per format, plus the passes that prepare a model. Never imports the harness.
+
+Every converter is a function ``convert(model: ModelSpec, out_dir: Path, precision: str, **options)
+-> Artifact`` that writes its files into ``out_dir`` (a fresh temporary directory) and returns the
+artifact. ``deploy_model`` wraps it with the on-disk cache, so a second run does not re-export.
+A new format is one module and one line in ``CONVERTERS``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._registry import Registry
+from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from .cache import ConversionCache, default_cache_dir
+
+CONVERTERS = Registry("format", "deploybench.converters", {
+    "torch": "deploybench.converters.pytorch:convert",
+    "onnx": "deploybench.converters.onnx:convert",
+    "openvino": "deploybench.converters.openvino:convert",
+    "tflite": "deploybench.converters.tflite:convert",
+    "coreml": "deploybench.converters.coreml:convert",
+    "tensorrt": "deploybench.converters.tensorrt:convert",
+})
+
+# File suffix -> format, for bring-your-own artifacts.
+SUFFIX_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite", ".mlpackage": "coreml",
+                  ".mlmodel": "coreml", ".plan": "tensorrt", ".engine": "tensorrt", ".pt2": "torch"}
+
+
+def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, example_inputs: Any = None,
+                 precision: str = "fp32", cache: bool = True, **options: Any) -> Artifact:
+    """Export ``model`` to ``target`` format and return the ``Artifact``.
+
+    ``model`` is an ``nn.Module`` (with ``example_inputs``), a ``ModelSpec``, a zoo name, or a path to
+    an exported file. The artifact records its path(s), format, precision, input/output specs,
+    size on disk, conversion time and what the conversion did (``metadata``). Results are cached
+    under ``output_dir`` (default: ``$DEPLOYBENCH_CACHE`` or ``.deploybench-cache``) by a content
+    hash of the weights, graph, options and tool versions; ``cache=False`` converts anew.
+    """
+    from ..models import model_spec
+
+    spec = model_spec(model, example_inputs=example_inputs)
+    convert = CONVERTERS.get(target)
+    if spec.factory is None and spec.source_format == target and precision == "fp32":
+        return artifact_from_path(spec.source_path)
+    store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
+    return store.get_or_convert(spec, target, precision, options, convert, use_cache=cache)
+
+
+def torch_artifact(spec: ModelSpec, precision: str = "fp32") -> Artifact:
+    """The in-memory 'artifact' of a PyTorch source: no file, the specs of the model."""
+    return Artifact(format="torch", path=Path(f"<{spec.name}>"), precision=precision, inputs=spec.inputs,
+                    outputs=tuple(TensorSpec(n, ()) for n in spec.output_names), files=(),
+                    metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config})
+
+
+def artifact_from_path(path: Path) -> Artifact:
+    """An ``Artifact`` for a file someone already exported, its inputs and outputs read from the file.
+
+    A sidecar ``artifact.json`` written by ``deploy_model`` is used when present. Raises a one-line
+    error for a missing path, an unknown suffix, or a file the format's reader rejects.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DeployBenchError(f"model file {path} does not exist")
+    cached = ConversionCache(path.parent.parent).load(path.parent, mark_cached=True)
+    if cached is not None and cached.path.resolve() == path.resolve():
+        return cached  # written by deploy_model: its sidecar knows more than the file says
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DeployBenchError(f"{path}: unknown model file type {path.suffix!r}; "
+                               f"deploybench reads {', '.join(sorted(SUFFIX_FORMATS))}")
+    module = CONVERTERS.get(fmt).__module__
+    import importlib
+
+    reader = getattr(importlib.import_module(module), "read_artifact", None)
+    if reader is None:
+        raise DeployBenchError(f"{path}: reading existing {fmt} files is not supported")
+    return reader(path)
+
+
+__all__ = ["CONVERTERS", "SUFFIX_FORMATS", "artifact_from_path", "deploy_model", "torch_artifact"]

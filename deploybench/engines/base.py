@@ -1,0 +1,192 @@
+"""The ``InferenceEngine`` contract. Each backend implements only the ``_*_impl`` methods.
+
+The base class owns what every backend must do the same way: checking the state (loaded or
+not), checking inputs against the artifact's input specs (names, rank, fixed axes, dtype),
+returning an ordered ``{name: numpy array}`` with the artifact's output names whatever the
+backend, timing the load, and closing. A subclass never sees a malformed input.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..spec import Artifact, DeployBenchError, TensorSpec
+
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+
+class InferenceEngine(abc.ABC):
+    """Load an artifact on one backend and run it.
+
+    Usage::
+
+        with create_deployer(artifact, backend="onnxruntime", threads=2) as engine:
+            outputs = engine.infer(inputs)        # {"logits": ndarray, ...}
+
+    ``infer`` takes one array (for a single-input model) or a mapping name -> array and returns an
+    ordered mapping name -> ``numpy.ndarray`` (float outputs as float32) in the artifact's output
+    order. ``inputs`` / ``outputs`` describe the tensors; ``load_ms`` is how long loading took.
+    """
+
+    backend: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ()
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # Python module whose import proves the backend is installed, and whose version is reported.
+    requires: ClassVar[str] = ""
+
+    def __init__(self, artifact: Artifact, precision: str | None = None, threads: int | None = None,
+                 **options: Any):
+        if artifact.format not in self.formats:
+            raise DeployBenchError(
+                f"backend {self.backend!r} cannot run {artifact.format!r} artifact {artifact.path}; "
+                f"it runs: {', '.join(self.formats)}")
+        self.artifact = artifact
+        self.precision = precision or artifact.precision
+        if self.precision not in self.precisions:
+            raise DeployBenchError(
+                f"backend {self.backend!r} has no {self.precision!r} mode; it runs: {', '.join(self.precisions)}")
+        self.threads = threads
+        self.options = options
+        self.load_ms: float | None = None
+        # What actually ran, when it differs from what was asked (ops left in fp32, a device fallback).
+        self.runtime_notes: dict[str, Any] = {}
+        self._loaded = False
+
+    # ---- availability -------------------------------------------------------------------
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(True, version) if this backend can run here, else (False, the reason why not)."""
+        try:
+            module = importlib.import_module(cls.requires)
+        except Exception as exc:  # ImportError, or a broken install raising anything else
+            return False, f"{cls.requires} is not importable here ({type(exc).__name__}: {exc})".splitlines()[0]
+        problem = cls._platform_problem()
+        if problem:
+            return False, problem
+        return True, str(getattr(module, "__version__", "unknown"))
+
+    @classmethod
+    def _platform_problem(cls) -> str | None:
+        """A reason this backend cannot run on this machine although it imports (no GPU, not macOS)."""
+        return None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def load(self) -> InferenceEngine:
+        """Load the artifact; a second call does nothing. Returns self."""
+        if not self._loaded:
+            start = time.perf_counter()
+            self._load_impl()
+            self.load_ms = (time.perf_counter() - start) * 1e3
+            self._loaded = True
+        return self
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close_impl()
+            self._loaded = False
+
+    def __enter__(self) -> InferenceEngine:
+        return self.load()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    # ---- metadata -----------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.artifact.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.artifact.outputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    # ---- inference ----------------------------------------------------------------------
+    def infer(self, inputs: Inputs) -> Outputs:
+        """Run once. Inputs are checked against the input specs; outputs come back by name."""
+        if not self._loaded:
+            raise DeployBenchError(f"{self.backend} engine for {self.artifact.path} is not loaded: call load() "
+                                   "or use it as a context manager")
+        feed = self.check_inputs(inputs)
+        raw = self._infer_impl(feed)
+        return self._standardize(raw)
+
+    def check_inputs(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """Name a lone array, and check every array's name, rank, fixed axes and dtype."""
+        specs = {t.name: t for t in self.inputs}
+        if isinstance(inputs, np.ndarray):
+            if len(specs) != 1:
+                raise DeployBenchError(f"{self.artifact.path.name} takes {len(specs)} inputs "
+                                       f"({', '.join(specs)}): pass a mapping name -> array")
+            inputs = {next(iter(specs)): inputs}
+        unknown = set(inputs) - set(specs)
+        missing = set(specs) - set(inputs)
+        if unknown or missing:
+            raise DeployBenchError(f"{self.artifact.path.name} takes inputs {sorted(specs)}; "
+                                   f"got {sorted(inputs)}")
+        feed = {}
+        for name, spec in specs.items():
+            array = np.asarray(inputs[name])
+            if not spec.accepts(array.shape):
+                raise DeployBenchError(f"input {name!r} of {self.artifact.path.name} has shape {list(array.shape)}; "
+                                       f"it takes {list(spec.shape)}")
+            want = np.float32 if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
+            if array.dtype != want:
+                if np.issubdtype(array.dtype, np.floating) != np.issubdtype(want, np.floating):
+                    raise DeployBenchError(f"input {name!r} of {self.artifact.path.name} is {array.dtype}; "
+                                           f"it takes {spec.dtype}")
+                array = array.astype(want)
+            feed[name] = np.ascontiguousarray(array)
+        return feed
+
+    def _standardize(self, raw: Mapping[str, Any] | list | tuple) -> Outputs:
+        names = self.output_names
+        if isinstance(raw, Mapping):
+            values = [raw[n] for n in names] if names and all(n in raw for n in names) else list(raw.values())
+        else:
+            values = list(raw)
+        if names and len(values) != len(names):
+            raise DeployBenchError(f"{self.backend} returned {len(values)} outputs for {self.artifact.path.name}; "
+                                   f"expected {len(names)} ({', '.join(names)})")
+        out: Outputs = {}
+        for i, value in enumerate(values):
+            array = np.asarray(value)
+            if array.dtype.kind == "f" and array.dtype != np.float32:
+                array = array.astype(np.float32)
+            out[names[i] if names else f"output_{i}"] = array
+        return out
+
+    # ---- task outputs -------------------------------------------------------------------
+    def predict(self, images, **options):
+        """Task output for raw images: ``Detections`` per image for detectors, ``Classifications``
+        for classifiers. Pre- and post-processing are shared by every backend (``deploybench.tasks``)."""
+        from ..tasks import predict
+
+        return predict(self, images, **options)
+
+    # ---- what a backend implements ------------------------------------------------------
+    @abc.abstractmethod
+    def _load_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any] | list | tuple: ...
+
+    def _close_impl(self) -> None:
+        """Release the runtime's objects; the default drops nothing."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.artifact.format}:{self.artifact.path.name} {self.precision}>"

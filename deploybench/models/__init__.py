@@ -1,0 +1,172 @@
+"""The built-in zoo and the ways a user's own model enters: each returns a ``ModelSpec``.
+
+- a zoo name (``digits_cnn``, ``resnet18``, ...), registered in ``MODELS``;
+- ``path/to/file.py:factory`` where ``factory()`` returns an ``nn.Module`` (input shapes given with
+  ``input_shapes``, from ``--input-shape 1x3x64x64``), or a factory returning a ``ModelSpec``;
+- an exported file (``.onnx``, ``.tflite``, OpenVINO ``.xml``): its inputs come from the file;
+- through the API: any ``nn.Module`` plus example inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._registry import Registry
+from ..spec import DeployBenchError, ModelSpec, TensorSpec
+
+MODELS = Registry("model", "deploybench.models", {
+    "digits_cnn": "deploybench.models.digits:digits_cnn",
+    "resnet18": "deploybench.models.resnet:resnet18",
+    "mobilenet_v3": "deploybench.models.mobilenet:mobilenet_v3",
+    "tiny_transformer": "deploybench.models.transformer:tiny_transformer",
+    "shapes_detector": "deploybench.models.detector:shapes_detector",
+})
+
+ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".xml", ".mlpackage", ".plan", ".engine")
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def get_model(ref: str, input_shapes: Sequence[Sequence[int]] | None = None) -> ModelSpec:
+    """Resolve a zoo name, a ``file.py:factory`` or an artifact path to a ``ModelSpec``."""
+    ref = str(ref)
+    if ref in MODELS:
+        if input_shapes:
+            raise DeployBenchError(f"--input-shape is for a user's model file; zoo model {ref!r} has fixed inputs")
+        spec = MODELS.get(ref)()
+        spec.ref = ref
+        return spec
+    path_text, _, factory_name = ref.rpartition(":") if ".py:" in ref else (ref, "", "")
+    if factory_name:
+        return _from_python_file(Path(path_text), factory_name, input_shapes, ref)
+    path = Path(ref)
+    if path.suffix.lower() in ARTIFACT_SUFFIXES or path.exists():
+        return model_from_artifact(path)
+    raise DeployBenchError(f"unknown model {ref!r}; choose a zoo model ({', '.join(MODELS.names())}), "
+                           "a file.py:factory, or an exported .onnx/.tflite/.xml file")
+
+
+def model_spec(obj: Any, example_inputs: Any = None, name: str | None = None) -> ModelSpec:
+    """Anything a user may hand the API, as a ``ModelSpec``: a spec, a name/path, or an nn.Module."""
+    if isinstance(obj, ModelSpec):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return get_model(str(obj))
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise DeployBenchError("PyTorch is needed for an nn.Module source") from exc
+    if isinstance(obj, torch.nn.Module):
+        if example_inputs is None:
+            raise DeployBenchError(f"{type(obj).__name__}: pass example_inputs (a tensor, a tuple of tensors or "
+                                   "a mapping name -> tensor) with an nn.Module")
+        return model_from_module(obj, example_inputs, name=name)
+    raise DeployBenchError(f"cannot use {type(obj).__name__} as a model; pass an nn.Module, a ModelSpec, "
+                           "a zoo name or a model file")
+
+
+def model_from_module(module: Any, example_inputs: Any, name: str | None = None,
+                      output_names: Sequence[str] | None = None, dynamic_batch: bool = True,
+                      task: str = "generic") -> ModelSpec:
+    """A ``ModelSpec`` for a user's ``nn.Module`` and its example inputs (arrays or tensors).
+
+    Input names are the mapping's keys, else ``input`` / ``input_0``, ``input_1``...; axis 0 is a
+    dynamic ``batch`` axis unless ``dynamic_batch=False``. Output names are read from one forward
+    pass unless given.
+    """
+    import torch
+
+    if isinstance(example_inputs, Mapping):
+        named = dict(example_inputs)
+    else:
+        items = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+        named = {("input" if len(items) == 1 else f"input_{i}"): x for i, x in enumerate(items)}
+    arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in named.items()}
+    specs = []
+    for key, array in arrays.items():
+        shape: list[int | str] = list(array.shape)
+        if dynamic_batch and shape:
+            shape[0] = "batch"
+        specs.append(TensorSpec(key, tuple(shape), str(array.dtype)))
+    module.eval()
+    if output_names is None:
+        with torch.inference_mode():
+            out = module(*[torch.from_numpy(a) for a in arrays.values()])
+        count = len(out) if isinstance(out, (list, tuple)) else len(out) if isinstance(out, Mapping) else 1
+        output_names = list(out) if isinstance(out, Mapping) else (
+            ["output"] if count == 1 else [f"output_{i}" for i in range(count)])
+    batch = int(next(iter(arrays.values())).shape[0]) if arrays and next(iter(arrays.values())).ndim else 1
+    name = name or type(module).__name__
+    return ModelSpec(name=name, inputs=tuple(specs), factory=lambda: module, output_names=tuple(output_names),
+                     task=task, dims={"batch": batch}, ref=None, _module=module)
+
+
+def model_from_artifact(path: Path) -> ModelSpec:
+    """A bring-your-own artifact as a model: its inputs and outputs come from the file."""
+    from ..converters import artifact_from_path
+
+    artifact = artifact_from_path(path)
+    dims = {axis: 1 for t in artifact.inputs for axis in t.dynamic_axes.values()}
+    return ModelSpec(name=Path(path).stem, inputs=artifact.inputs, factory=None,
+                     output_names=tuple(t.name for t in artifact.outputs), dims=dims,
+                     source_path=Path(path), source_format=artifact.format, ref=str(path),
+                     task=artifact.metadata.get("task", "generic"),
+                     task_config=artifact.metadata.get("task_config", {}))
+
+
+def _from_python_file(path: Path, factory_name: str, input_shapes, ref: str) -> ModelSpec:
+    if not path.exists():
+        raise DeployBenchError(f"model file {path} does not exist")
+    module_name = "deploybench_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise DeployBenchError(f"{path} is not a Python file deploybench can import")
+    user_module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = user_module
+    try:
+        loader_spec.loader.exec_module(user_module)
+    except Exception as exc:
+        raise DeployBenchError(f"importing {path} failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    factory = getattr(user_module, factory_name, None)
+    if not callable(factory):
+        raise DeployBenchError(f"{path} has no callable {factory_name!r}")
+    built = factory()
+    if isinstance(built, ModelSpec):
+        built.ref = ref
+        return built
+    if not input_shapes:
+        raise DeployBenchError(f"{ref}: give the input shape(s) with --input-shape (e.g. 1x3x64x64)")
+    import torch
+
+    examples = [torch.randn(*shape) for shape in input_shapes]
+    try:
+        spec = model_from_module(built, examples if len(examples) > 1 else examples[0], name=path.stem)
+    except Exception as exc:
+        raise DeployBenchError(f"{ref} does not accept input shape(s) "
+                               f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: "
+                               f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    spec.ref = ref + "@" + ",".join("x".join(map(str, s)) for s in input_shapes)
+    spec.factory = factory
+    spec._module = built.eval()
+    return spec
+
+
+def resolve_ref(ref: str) -> ModelSpec:
+    """Inverse of ``ModelSpec.ref``: rebuild the same model in a fresh process."""
+    base, _, shapes = ref.partition("@") if ".py:" in ref else (ref, "", "")
+    from ..spec import parse_shape
+
+    return get_model(base, [parse_shape(s) for s in shapes.split(",")] if shapes else None)
+
+
+__all__ = ["MODELS", "get_model", "list_models", "model_from_artifact", "model_from_module", "model_spec",
+           "resolve_ref"]

@@ -1,0 +1,385 @@
+"""The small dataclasses every room of deploybench shares.
+
+Vocabulary (one meaning each, everywhere):
+  model      a source network plus what it needs to run (``ModelSpec``)
+  format     an artifact on disk (``Artifact.format``): torch, onnx, openvino, tflite, coreml, tensorrt
+  backend    a runtime that executes a format: torch, onnxruntime, openvino, tflite, coreml, tensorrt
+  precision  numeric mode of a cell: fp32, fp16, bf16, int8
+  cell       one (model, format, backend, precision)
+  result     what a cell measured (``Result``)
+  matrix     all cells of a run
+
+This module imports nothing heavy: numpy only. PyTorch is imported lazily by ``ModelSpec.build``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class DeployBenchError(Exception):
+    """The one project error: its message is one line that names the thing that is wrong and the fix."""
+
+
+FORMATS = ("torch", "onnx", "openvino", "tflite", "coreml", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tflite", "coreml", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# Which backends execute which format. Only these pairs are cells.
+FORMAT_BACKENDS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnx": ("onnxruntime", "openvino", "tensorrt"),
+    "openvino": ("openvino",),
+    "tflite": ("tflite",),
+    "coreml": ("coreml",),
+    "tensorrt": ("tensorrt",),
+}
+
+# The format a backend runs when a matrix is built from a PyTorch model: each backend gets its
+# native format, and ONNX is the bridge for the backends that read it directly.
+BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnx",),
+    "openvino": ("openvino", "onnx"),
+    "tflite": ("tflite",),
+    "coreml": ("coreml",),
+    "tensorrt": ("tensorrt",),
+}
+
+STATUS_OK, STATUS_SKIPPED, STATUS_FAILED, STATUS_TIMEOUT = "ok", "skipped", "failed", "timeout"
+
+_DTYPES = {"float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"}
+
+
+def check_choice(kind: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise one line naming it and the choices."""
+    if value not in choices:
+        raise DeployBenchError(f"unknown {kind} {value!r}; choose from: {', '.join(choices)}")
+    return value
+
+
+def parse_csv(text: str | Sequence[str] | None) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c']; a list passes through; None -> []."""
+    if text is None:
+        return []
+    if isinstance(text, str):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return [str(part) for part in text]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named input or output: shape (an int per fixed axis, a name per dynamic axis) and dtype.
+
+    ``value_range`` bounds the seeded values of generated inputs: ``(0, vocab)`` for token ids.
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    value_range: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.dtype not in _DTYPES:
+            raise DeployBenchError(f"tensor {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}")
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """{axis index: axis name} for the axes whose size is not fixed."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+        """The shape with each named axis replaced from ``dims`` (a missing name means 1)."""
+        dims = dims or {}
+        return tuple(d if isinstance(d, int) else int(dims.get(d, 1)) for d in self.shape)
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        """True if an array of ``shape`` fits this spec (same rank, fixed axes equal)."""
+        return len(shape) == len(self.shape) and all(
+            isinstance(want, str) or want == got for want, got in zip(self.shape, shape)
+        )
+
+    def random(self, rng: np.random.Generator, dims: Mapping[str, int] | None = None) -> np.ndarray:
+        """A seeded array of this spec: uniform in value_range, or standard normal for floats."""
+        shape = self.concrete_shape(dims)
+        if self.dtype.startswith(("int", "uint")) or self.dtype == "bool":
+            low, high = self.value_range or (0, 2 if self.dtype == "bool" else 100)
+            return rng.integers(int(low), int(high), size=shape).astype(self.dtype)
+        if self.value_range is not None:
+            low, high = self.value_range
+            values = rng.uniform(low, high, size=shape)
+        else:
+            values = rng.standard_normal(size=shape)
+        return values.astype(np.float32 if self.dtype == "bfloat16" else self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "value_range": list(self.value_range) if self.value_range else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+        value_range = data.get("value_range")
+        return cls(data["name"], tuple(data["shape"]), data.get("dtype", "float32"),
+                   tuple(value_range) if value_range else None)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1x3x64x64' -> (1, 3, 64, 64), with a one-line error for anything else."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise DeployBenchError(f"bad input shape {text!r}: write positive sizes joined by 'x', e.g. 1x3x64x64")
+    return shape
+
+
+@dataclass
+class ModelSpec:
+    """A source network plus what it needs to run.
+
+    ``factory`` builds the ``torch.nn.Module`` (None for a bring-your-own artifact, whose file is
+    ``source_path`` in ``source_format``). ``dims`` gives the default size of each dynamic axis.
+    ``eval_data()`` returns (inputs, labels) of a held-out set for the task metric;
+    ``calibration_data(n)`` returns up to n input dicts of real data for int8 calibration.
+    ``ref`` is how a fresh process finds the same model again: a zoo name, ``path.py:factory``
+    (plus shapes) or an artifact path.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    factory: Callable[[], Any] | None = None
+    output_names: tuple[str, ...] = ("output",)
+    task: str = "generic"  # "classification", "detection" or "generic"
+    dims: dict[str, int] = field(default_factory=lambda: {"batch": 1})
+    eval_data: Callable[[], tuple[dict[str, np.ndarray], np.ndarray]] | None = None
+    calibration_data: Callable[[int], list[dict[str, np.ndarray]]] | None = None
+    source_path: Path | None = None
+    source_format: str = "torch"
+    ref: str | None = None
+    description: str = ""
+    task_config: dict[str, Any] = field(default_factory=dict)
+    _module: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.inputs = tuple(self.inputs)
+        self.output_names = tuple(self.output_names)
+        if self.factory is None and self.source_path is None:
+            raise DeployBenchError(f"model {self.name!r}: give a factory (nn.Module) or a source_path (artifact)")
+        if self.ref is None:
+            self.ref = str(self.source_path) if self.source_path else self.name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    def build(self):
+        """The ``nn.Module`` in eval mode, built once and kept."""
+        if self.factory is None:
+            raise DeployBenchError(f"model {self.name!r} is a {self.source_format} file with no PyTorch source")
+        if self._module is None:
+            module = self.factory()
+            module.eval()
+            self._module = module
+        return self._module
+
+    def make_inputs(self, seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+        """Seeded inputs, identical for every backend given the same seed and dims."""
+        rng = np.random.default_rng(seed)
+        merged = {**self.dims, **(dims or {})}
+        return {t.name: t.random(rng, merged) for t in self.inputs}
+
+
+@dataclass
+class Artifact:
+    """A converted model on disk and what is known about it.
+
+    ``path`` is the main file (``.onnx``, ``.xml``, ``.tflite``, ``.mlpackage`` directory, ``.plan``);
+    ``files`` every file that belongs to it. ``precision`` is what the artifact holds;
+    ``metadata`` records what the conversion did (opset, tool versions, fixed dynamic axes,
+    ops left in fp32, where NMS runs, the reference used, ...).
+    """
+
+    format: str
+    path: Path
+    precision: str = "fp32"
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    files: tuple[Path, ...] = ()
+    conversion_s: float = 0.0
+    cached: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        self.inputs, self.outputs = tuple(self.inputs), tuple(self.outputs)
+        self.files = tuple(Path(f) for f in self.files) or (self.path,)
+
+    @property
+    def size_bytes(self) -> int:
+        total = 0
+        for f in self.files:
+            if f.is_dir():
+                total += sum(p.stat().st_size for p in f.rglob("*") if p.is_file())
+            elif f.exists():
+                total += f.stat().st_size
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "path": str(self.path), "precision": self.precision,
+            "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+            "files": [str(f) for f in self.files], "conversion_s": self.conversion_s,
+            "size_bytes": self.size_bytes, "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Artifact:
+        return cls(
+            format=data["format"], path=Path(data["path"]), precision=data.get("precision", "fp32"),
+            inputs=tuple(TensorSpec.from_dict(t) for t in data.get("inputs", ())),
+            outputs=tuple(TensorSpec.from_dict(t) for t in data.get("outputs", ())),
+            files=tuple(Path(f) for f in data.get("files", ())), conversion_s=data.get("conversion_s", 0.0),
+            metadata=dict(data.get("metadata", {})),
+        )
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One (model, format, backend, precision). Its id reads ``resnet18-onnx-openvino-fp32``."""
+
+    model: str
+    format: str
+    backend: str
+    precision: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.format}-{self.backend}-{self.precision}"
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LatencyStats:
+    """Steady-state latency in milliseconds over ``n`` samples."""
+
+    n: int
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    min: float
+    max: float
+    stdev: float
+    cv: float
+    iqr: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Accuracy:
+    """Agreement of a cell's outputs with the reference, and the task metric on held-out data."""
+
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    max_rel_error: float | None = None
+    cosine: float | None = None
+    top1_agreement: float | None = None
+    metric: str | None = None
+    metric_value: float | None = None
+    atol_to_pass: float | None = None
+    rtol_to_pass: float | None = None
+    reference: str | None = None  # which run the errors are against, e.g. "torch fp32"
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Result:
+    """What one cell measured. ``status`` is ok / skipped / failed / timeout, with ``reason``."""
+
+    cell: Cell
+    status: str = STATUS_OK
+    reason: str = ""
+    latency_ms: LatencyStats | None = None
+    throughput_ips: float | None = None
+    load_ms: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    baseline_rss_mb: float | None = None
+    artifact_bytes: int | None = None
+    conversion_s: float | None = None
+    accuracy: Accuracy | None = None
+    unstable: bool = False
+    samples_ms: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        data = {
+            **self.cell.to_dict(),
+            "status": self.status,
+            "reason": self.reason,
+            "latency_ms": self.latency_ms.to_dict() if self.latency_ms else None,
+            "throughput_ips": self.throughput_ips,
+            "load_ms": self.load_ms,
+            "first_inference_ms": self.first_inference_ms,
+            "peak_rss_mb": self.peak_rss_mb,
+            "baseline_rss_mb": self.baseline_rss_mb,
+            "artifact_bytes": self.artifact_bytes,
+            "conversion_s": self.conversion_s,
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+            "unstable": self.unstable,
+            "extra": self.extra,
+        }
+        if with_samples:
+            data["samples_ms"] = list(self.samples_ms)
+        return _finite(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        cell = Cell(data["model"], data["format"], data["backend"], data["precision"])
+        latency = data.get("latency_ms")
+        accuracy = data.get("accuracy")
+        return cls(
+            cell=cell, status=data.get("status", STATUS_OK), reason=data.get("reason", ""),
+            latency_ms=LatencyStats(**latency) if latency else None,
+            throughput_ips=data.get("throughput_ips"), load_ms=data.get("load_ms"),
+            first_inference_ms=data.get("first_inference_ms"), peak_rss_mb=data.get("peak_rss_mb"),
+            baseline_rss_mb=data.get("baseline_rss_mb"), artifact_bytes=data.get("artifact_bytes"),
+            conversion_s=data.get("conversion_s"),
+            accuracy=Accuracy(**accuracy) if accuracy else None, unstable=bool(data.get("unstable")),
+            samples_ms=list(data.get("samples_ms") or []), extra=dict(data.get("extra") or {}),
+        )
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
