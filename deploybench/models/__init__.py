@@ -139,7 +139,13 @@ def _from_python_file(path: Path, factory_name: str, input_shapes, ref: str) -> 
     factory = getattr(user_module, factory_name, None)
     if not callable(factory):
         raise DeployBenchError(f"{path} has no callable {factory_name!r}")
-    built = factory()
+    try:
+        built = factory()
+    except DeployBenchError:
+        raise
+    except Exception as exc:
+        raise DeployBenchError(f"{ref}: calling {factory_name}() failed: {type(exc).__name__}: {exc}"
+                               .splitlines()[0]) from exc
     if isinstance(built, ModelSpec):
         built.ref = ref
         return built
