@@ -1,0 +1,237 @@
+"""``deploybench``: run the matrix, list models and backends, and (wired lazily) gate, history, report, merge.
+
+Every error a user can cause is printed as one line ``deploybench: error: ...`` on stderr with
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .spec import DeployBenchError, parse_csv, parse_shape
+
+PROG = "deploybench"
+EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Subcommands owned by other modules: name -> (module, add-arguments function, command function, help).
+LAZY_COMMANDS = {
+    "gate": ("deploybench.harness.gate", "add_gate_arguments", "gate_command",
+             "fail (exit 1) when a run regressed against a baseline in speed, memory or accuracy"),
+    "history": ("deploybench.harness.history", "add_history_arguments", "history_command",
+                "show the stored runs of this machine and the trend of each cell"),
+    "report": ("deploybench.harness.report", "add_report_arguments", "report_command",
+               "write a Markdown or HTML report (with plots) of a results file"),
+    "merge": ("deploybench.harness.merge", "add_merge_arguments", "merge_command",
+              "merge the results files of several shards or machines into one"),
+}
+
+RUN_EPILOG = """\
+exit status: 0 when every cell is ok or skipped (a backend missing here is a skip, with its reason),
+1 when any cell failed or timed out, 2 for a usage error (bad option, unknown model or backend).
+
+examples:
+  deploybench run --models digits_cnn --backends torch,onnxruntime,openvino --output results.json
+  deploybench run --models my_net.py:build --input-shape 1x3x224x224 --backends onnxruntime,openvino
+  deploybench run --models model.onnx --backends onnxruntime,openvino --shard 0/2
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors read like every other deploybench error: one line, exit 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise DeployBenchError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deploybench`` argument parser with every subcommand (lazy ones wired if their module exists)."""
+    parser = _Parser(prog=PROG, description="Convert a model to every deployment format, run it on every "
+                                            "backend, and measure speed, memory and accuracy as a matrix.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the matrix of models x backends x precisions and print it",
+                              description="Run every compatible (model, format, backend, precision) cell and "
+                                          "print the matrix.", epilog=RUN_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--models", default="digits_cnn",
+                     help="comma-separated zoo names, file.py:factory refs or exported .onnx/.tflite/.xml files "
+                          "(default: digits_cnn)")
+    run.add_argument("--backends", default="torch,onnxruntime,openvino",
+                     help="comma-separated backends (default: torch,onnxruntime,openvino); see `deploybench backends`")
+    run.add_argument("--precisions", default="fp32", help="comma-separated precisions: fp32, fp16, bf16, int8 "
+                                                          "(default: fp32)")
+    run.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
+    run.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
+                     help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
+    run.add_argument("--threads", type=_positive_int, default=None, help="threads per backend (default: its own)")
+    run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
+    run.add_argument("--min-time", type=_positive_float, default=1.0, metavar="S",
+                     help="sample each cell for at least S seconds (default: 1.0)")
+    run.add_argument("--min-samples", type=_positive_int, default=30, metavar="N",
+                     help="and at least N timed calls (default: 30)")
+    run.add_argument("--max-time", type=_positive_float, default=60.0, metavar="S",
+                     help="stop sampling a cell after S seconds whatever the other rules say (default: 60)")
+    run.add_argument("--timeout", type=_positive_float, default=300.0, metavar="S",
+                     help="kill a cell's memory child after S seconds and mark it timeout (default: 300)")
+    run.add_argument("--no-memory", action="store_true",
+                     help="skip the memory child (faster, but a crashing backend can then end the run)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N (0 <= I < N), e.g. 0/4; shards partition the cells")
+    run.add_argument("--cache-dir", default=None, help="conversion cache (default: $DEPLOYBENCH_CACHE or "
+                                                       ".deploybench-cache)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default: 0)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run.set_defaults(handler=run_command)
+
+    models = commands.add_parser("models", help="list the built-in model zoo",
+                                 description="List the built-in models with their task, inputs and description.")
+    models.set_defaults(handler=models_command)
+
+    backends = commands.add_parser("backends", help="list backends: available here or why not, formats, precisions",
+                                   description="List every backend: available or not (and why), its version, "
+                                               "the formats it runs and its precisions.")
+    backends.set_defaults(handler=backends_command)
+
+    for name, (module_name, add_name, command_name, help_text) in LAZY_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+            add_arguments, command = getattr(module, add_name), getattr(module, command_name)
+        except (ImportError, AttributeError):
+            sub.set_defaults(handler=_unavailable(name))
+            continue
+        add_arguments(sub)
+        sub.set_defaults(handler=command)
+    return parser
+
+
+def _unavailable(name: str):
+    def handler(args) -> int:
+        raise DeployBenchError(f"`{PROG} {name}` is not available in this build")
+
+    return handler
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise."""
+    from .harness.matrix import RunSettings, parse_shard, run_deployment_benchmark
+    from .models import get_model
+
+    shapes = [parse_shape(text) for text in args.input_shape] if args.input_shape else None
+    refs = parse_csv(args.models)
+    backends = parse_csv(args.backends)
+    precisions = parse_csv(args.precisions)
+    if not refs:
+        raise DeployBenchError("--models is empty: name at least one model, e.g. --models digits_cnn")
+    if not backends or not precisions:
+        raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
+    shard = parse_shard(args.shard) if args.shard else None
+    settings = RunSettings(threads=args.threads, seed=args.seed, min_samples=args.min_samples,
+                           min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time),
+                           timeout_s=args.timeout, memory=not args.no_memory, cache_dir=args.cache_dir)
+    # Checked before any model is built, so a typo costs nothing.
+    from .harness.matrix import _check_backends
+
+    _check_backends(backends)
+    specs = []
+    for ref in refs:
+        if ref.endswith(".py"):
+            raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
+        specs.append(get_model(ref, shapes))
+    matrix = run_deployment_benchmark(specs, backends=backends, precisions=precisions, settings=settings,
+                                      progress=not args.no_progress, shard=shard,
+                                      formats=parse_csv(args.formats) or None)
+    if args.output:
+        matrix.save(args.output)
+    print(matrix.table())
+    if args.output:
+        print(f"\nwrote {args.output}")
+    return EXIT_CELL_FAILED if matrix.failed else EXIT_OK
+
+
+def models_command(args: argparse.Namespace) -> int:
+    """``deploybench models``: the zoo, one row per model."""
+    from tabulate import tabulate
+
+    from .models import MODELS, get_model
+
+    rows = []
+    for name in MODELS.names():
+        try:
+            spec = get_model(name)
+        except Exception as exc:  # a zoo entry whose module is missing here is listed, not fatal
+            rows.append([name, "-", "-", f"unavailable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"])
+            continue
+        inputs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))} {t.dtype}" for t in spec.inputs)
+        rows.append([name, spec.task, inputs, spec.description])
+    print(tabulate(rows, headers=["model", "task", "inputs", "description"], tablefmt="simple"))
+    return EXIT_OK
+
+
+def backends_command(args: argparse.Namespace) -> int:
+    """``deploybench backends``: each backend, available or why not, formats and precisions."""
+    from tabulate import tabulate
+
+    from .engines import ENGINES, engine_class
+
+    rows = []
+    for name in ENGINES.names():
+        try:
+            cls = engine_class(name)
+            available, detail = cls.availability()
+            formats, precisions = ", ".join(cls.formats), ", ".join(cls.precisions)
+        except Exception as exc:  # the engine module itself is missing or broken
+            available, formats, precisions = False, "-", "-"
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        rows.append([name, "yes" if available else "no", detail, formats, precisions])
+    print(tabulate(rows, headers=["backend", "available", "version / why not", "formats", "precisions"],
+                   tablefmt="simple"))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deploybench`` console script; returns the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args.handler(args) or 0)
+    except DeployBenchError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Agreement of a cell's outputs with a reference run, the task metric, and the tolerances per precision.
+
+Every backend is fed the same seeded inputs; the reference is the fp32 PyTorch eager model, or for
+a bring-your-own artifact with no PyTorch source, the fp32 run of its own format on its native
+backend (``Accuracy.reference`` says which). Errors are computed in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..spec import Accuracy, DeployBenchError, ModelSpec
+
+# Relative errors divide by max(|reference|, REL_ERROR_FLOOR * max|reference of that output|):
+# an element a thousand times smaller than the output's largest magnitude (a logit near zero)
+# would otherwise turn a harmless absolute error into an enormous relative one.
+REL_ERROR_FLOOR = 1e-3
+
+# How many seeded samples top-1 agreement is computed over (when no eval set is given): with 64
+# samples one disagreement moves it by 1.6 %, fine enough for the thresholds below.
+AGREEMENT_SAMPLES = 64
+AGREEMENT_SEED = 1000
+
+# Default pass criteria per precision. fp32 must match the fp32 reference to float rounding:
+# atol 1e-4 holds for CNN logits of order 1-10 (reordered sums differ by ~1e-6 relative). Lower
+# precisions change every value, so they are judged on what a user sees: the direction of the
+# output (cosine) and the predicted class (top-1 agreement).
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"atol": 1e-4, "cosine": 0.99999},
+    "fp16": {"cosine": 0.999, "top1_agreement": 0.98},
+    "bf16": {"cosine": 0.99, "top1_agreement": 0.95},
+    "int8": {"cosine": 0.98, "top1_agreement": 0.90},
+}
+
+Infer = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+class Reference:
+    """The reference run of a model: callable ``inputs -> {name: array}``, with ``name`` for ``Accuracy.reference``."""
+
+    # Every cell of a model asks for the same seeded inputs: each is run once and remembered.
+    MEMO_LIMIT = 256
+
+    def __init__(self, infer: Infer, name: str, close: Callable[[], None] | None = None):
+        self._infer, self.name, self._close = infer, name, close
+        self._memo: dict[str, dict[str, np.ndarray]] = {}
+
+    def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        key = _inputs_key(inputs)
+        if key not in self._memo:
+            outputs = {name: np.array(value, copy=True) for name, value in self._infer(inputs).items()}
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = outputs
+        return dict(self._memo[key])
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
+def _inputs_key(inputs: Mapping[str, np.ndarray] | np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    named = {"": inputs} if isinstance(inputs, np.ndarray) else inputs
+    for name, value in named.items():
+        array = np.ascontiguousarray(value)
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def make_reference(spec: ModelSpec) -> Reference:
+    """A ``Reference``: fp32 PyTorch eager for a model with a PyTorch source ("torch fp32 eager"),
+    else the fp32 run of the artifact's own format on the first backend that runs it here."""
+    if spec.factory is not None:
+        module = spec.build()
+        names = spec.output_names
+
+        def torch_eager(inputs):
+            return torch_outputs(module, inputs, names, spec.input_names)
+
+        return Reference(torch_eager, "torch fp32 eager")
+    from ..converters import artifact_from_path
+    from ..engines import create_deployer
+
+    engine = create_deployer(artifact_from_path(spec.source_path), precision="fp32")
+    return Reference(engine.infer, f"{engine.backend} fp32 ({spec.source_format} file)", engine.close)
+
+
+def reference_outputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference outputs {name: array} for ``inputs``: fp32 PyTorch eager, or the artifact's own fp32 run."""
+    reference = make_reference(spec)
+    try:
+        return reference(inputs)
+    finally:
+        reference.close()
+
+
+def torch_outputs(module, inputs: Mapping[str, np.ndarray] | np.ndarray, output_names, input_names=None
+                  ) -> dict[str, np.ndarray]:
+    """Run an ``nn.Module`` in fp32 eager mode and name its outputs (tensor, tuple/list or dict)."""
+    import torch
+
+    if isinstance(inputs, np.ndarray):
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs))]
+    else:
+        order = list(input_names) if input_names else list(inputs)
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in order]
+    with torch.inference_mode():
+        raw = module(*tensors)
+    if isinstance(raw, Mapping):
+        values = [raw[n] for n in output_names] if all(n in raw for n in output_names) else list(raw.values())
+    elif isinstance(raw, (list, tuple)):
+        values = list(raw)
+    else:
+        values = [raw]
+    names = list(output_names) if len(output_names) == len(values) else [f"output_{i}" for i in range(len(values))]
+    out = {}
+    for name, value in zip(names, values):
+        array = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) and \
+            value.dtype.is_floating_point else np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor)
+                                                          else value)
+        out[name] = array
+    return out
+
+
+def compare_outputs(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+                    ) -> dict[str, dict[str, float]]:
+    """Per output name: max_abs_error, mean_abs_error, max_rel_error, cosine, rtol_to_pass.
+
+    Outputs are matched by name, or by position when the names differ (an artifact that renamed
+    them). ``rtol_to_pass`` is the smallest rtol with which ``numpy.allclose(out, ref, rtol, atol=0)``
+    holds (infinite if a reference zero is missed); with rtol=0 the smallest passing atol is
+    ``max_abs_error``.
+    """
+    pairs = _pair_outputs(outputs, reference)
+    report = {}
+    for name, (got, want) in pairs.items():
+        got64 = np.asarray(got, dtype=np.float64)
+        want64 = np.asarray(want, dtype=np.float64)
+        if got64.shape != want64.shape:
+            if got64.size == want64.size:
+                got64 = got64.reshape(want64.shape)
+            else:
+                raise DeployBenchError(f"output {name!r} has shape {list(got64.shape)}, the reference "
+                                       f"{list(want64.shape)}: the cell computes something else")
+        diff = np.abs(got64 - want64)
+        magnitude = np.abs(want64)
+        if diff.size == 0:
+            report[name] = {"max_abs_error": 0.0, "mean_abs_error": 0.0, "max_rel_error": 0.0, "cosine": 1.0,
+                            "rtol_to_pass": 0.0}
+            continue
+        floor = REL_ERROR_FLOOR * float(magnitude.max()) if magnitude.size else 0.0
+        denominator = np.maximum(magnitude, floor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(diff == 0, 0.0, diff / denominator)
+            strict = np.where(diff == 0, 0.0, diff / magnitude)
+        report[name] = {
+            "max_abs_error": float(diff.max()),
+            "mean_abs_error": float(diff.mean()),
+            "max_rel_error": float(relative.max()),
+            "cosine": cosine_similarity(got64, want64),
+            "rtol_to_pass": float(strict.max()),
+        }
+    return report
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between the flattened arrays: 1.0 when both are zero, 0.0 when only one is."""
+    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    norm = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    if norm == 0:
+        return 1.0 if not a64.any() and not b64.any() else 0.0
+    return float(np.dot(a64, b64) / norm)
+
+
+def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of rows whose argmax over the last axis equals the reference's."""
+    got, want = np.asarray(outputs), np.asarray(reference)
+    if got.shape != want.shape or got.ndim == 0 or got.shape[-1] < 2:
+        raise DeployBenchError(f"top-1 agreement needs class scores on the last axis; got shapes "
+                               f"{list(got.shape)} and {list(want.shape)}")
+    return float(np.mean(got.reshape(-1, got.shape[-1]).argmax(-1) == want.reshape(-1, want.shape[-1]).argmax(-1)))
+
+
+def classification_top1(infer: Infer, spec: ModelSpec) -> dict[str, Any]:
+    """{"metric": "top1", "value": accuracy} of ``infer`` on ``spec.eval_data()``, one sample per call."""
+    inputs, labels = spec.eval_data()
+    labels = np.asarray(labels).ravel()
+    correct = 0
+    for i in range(len(labels)):
+        sample = {name: array[i:i + 1] for name, array in inputs.items()}
+        scores = np.asarray(next(iter(infer(sample).values())))
+        correct += int(scores.reshape(-1, scores.shape[-1])[0].argmax() == labels[i])
+    return {"metric": "top1", "value": correct / max(len(labels), 1), "samples": len(labels)}
+
+
+def task_metric(infer: Infer, spec: ModelSpec) -> dict[str, Any] | None:
+    """The task metric on held-out data ({"metric", "value", ...}), or None when the model has no eval data."""
+    if spec.eval_data is None:
+        return None
+    try:
+        from ..tasks import evaluate
+    except ImportError:
+        evaluate = None
+    if evaluate is not None:
+        return evaluate(infer, spec)
+    if spec.task == "classification":
+        return classification_top1(infer, spec)
+    return None
+
+
+# Largest batch the agreement samples are sent in, when the artifact's batch axis is dynamic.
+AGREEMENT_MAX_BATCH = 16
+
+
+def agreement_batches(spec: ModelSpec, engine_inputs=None, samples: int = AGREEMENT_SAMPLES,
+                      seed: int = AGREEMENT_SEED, dims: Mapping[str, int] | None = None
+                      ) -> list[dict[str, np.ndarray]]:
+    """Seeded input batches holding at least ``samples`` items in total.
+
+    When every input of the engine (``engine_inputs``: its TensorSpecs) keeps the model's ``batch``
+    axis dynamic, the samples go in batches of up to ``AGREEMENT_MAX_BATCH``; else at the model's
+    batch size, one seeded batch after another.
+    """
+    dims = dict(dims or {})
+    batched = bool(engine_inputs) and all(
+        t.shape and t.shape[0] == "batch" for t in spec.inputs) and all(
+        t.shape and isinstance(t.shape[0], str) for t in engine_inputs)
+    if batched:
+        dims["batch"] = min(samples, AGREEMENT_MAX_BATCH)
+    batches, total, index = [], 0, 0
+    while total < samples:
+        batch = spec.make_inputs(seed=seed + index, dims=dims)
+        batches.append(batch)
+        first = next(iter(batch.values()))
+        total += int(first.shape[0]) if first.ndim else 1
+        index += 1
+    return batches
+
+
+def benchmark_precision(engine, reference_outputs: Mapping[str, np.ndarray] | Callable, inputs,
+                        spec: ModelSpec | None = None, tolerance: str | Mapping[str, float] | None = None,
+                        dims: Mapping[str, int] | None = None) -> Accuracy:
+    """Return an ``Accuracy`` of ``engine`` against the reference: errors, cosine, tolerances that pass, top-1.
+
+    ``reference_outputs`` is either the reference's outputs for ``inputs`` ({name: array}) or a
+    ``Reference`` / callable ``inputs -> outputs``; with a callable and a classification ``spec``,
+    top-1 agreement is computed over ``AGREEMENT_SAMPLES`` seeded samples, else over ``inputs``.
+    With ``spec.eval_data``, the task metric (top-1 or mAP) is computed on the held-out set.
+    ``tolerance`` (a precision name of ``TOLERANCES`` or a dict of criteria overriding the engine's
+    precision's) makes a miss raise ``DeployBenchError`` with ``check_tolerance``'s message.
+    """
+    reference_run = reference_outputs if callable(reference_outputs) else None
+    expected = reference_run(inputs) if reference_run else dict(reference_outputs)
+    actual = engine.infer(inputs)
+    per_output = compare_outputs(actual, expected)
+    values = list(per_output.values())
+    accuracy = Accuracy(
+        max_abs_error=max(v["max_abs_error"] for v in values) if values else None,
+        mean_abs_error=float(np.mean([v["mean_abs_error"] for v in values])) if values else None,
+        max_rel_error=max(v["max_rel_error"] for v in values) if values else None,
+        cosine=min(v["cosine"] for v in values) if values else None,
+        atol_to_pass=max(v["max_abs_error"] for v in values) if values else None,
+        rtol_to_pass=max(v["rtol_to_pass"] for v in values) if values else None,
+        reference=getattr(reference_outputs, "name", None) or ("given outputs" if reference_run is None
+                                                               else "given reference"),
+        per_output=per_output,
+    )
+    if _is_classifier(spec):
+        first = next(iter(_pair_outputs(actual, expected)))
+        if reference_run is not None and spec is not None:
+            agree, count = 0.0, 0
+            for batch in agreement_batches(spec, engine_inputs=getattr(engine, "inputs", None), dims=dims):
+                got = next(iter(_pair_outputs(engine.infer(batch), reference_run(batch)).values()))
+                rows = int(np.prod(np.shape(got[1])[:-1])) or 1
+                agree += top1_agreement(*got) * rows
+                count += rows
+            accuracy.top1_agreement = agree / count
+        else:
+            got, want = _pair_outputs(actual, expected)[first]
+            accuracy.top1_agreement = top1_agreement(got, want)
+    if spec is not None:
+        metric = task_metric(engine.infer, spec)
+        if metric:
+            accuracy.metric, accuracy.metric_value = metric.get("metric"), float(metric.get("value"))
+    if tolerance is not None:
+        precision = tolerance if isinstance(tolerance, str) else getattr(engine, "precision", "fp32")
+        passed, message = check_tolerance(accuracy, precision, None if isinstance(tolerance, str) else tolerance)
+        if not passed:
+            raise DeployBenchError(f"{engine!r} misses the tolerance: {message}")
+    return accuracy
+
+
+def check_tolerance(accuracy: Accuracy, precision: str, overrides: Mapping[str, float] | None = None
+                    ) -> tuple[bool, str]:
+    """(passed, message): ``accuracy`` against ``TOLERANCES[precision]`` updated by ``overrides``.
+
+    Keys: ``atol`` (max_abs_error <=), ``rtol`` (max_rel_error <=), ``cosine`` (>=),
+    ``top1_agreement`` (>=), ``metric_value`` (>=). A figure the accuracy lacks is not judged. The
+    failure message names each criterion missed and by how much.
+    """
+    if precision not in TOLERANCES and not overrides:
+        raise DeployBenchError(f"no tolerance for precision {precision!r}; choose from {', '.join(TOLERANCES)} "
+                               "or pass overrides")
+    rules = {**TOLERANCES.get(precision, {}), **dict(overrides or {})}
+    unknown = set(rules) - {"atol", "rtol", "cosine", "top1_agreement", "metric_value"}
+    if unknown:
+        raise DeployBenchError(f"unknown tolerance key(s) {sorted(unknown)}; use atol, rtol, cosine, "
+                               "top1_agreement, metric_value")
+    checks = [("atol", "max_abs_error", "<="), ("rtol", "max_rel_error", "<="), ("cosine", "cosine", ">="),
+              ("top1_agreement", "top1_agreement", ">="), ("metric_value", "metric_value", ">=")]
+    misses, passes = [], []
+    for key, field_name, direction in checks:
+        if key not in rules:
+            continue
+        limit, value = float(rules[key]), getattr(accuracy, field_name)
+        if value is None:
+            continue
+        good = value <= limit if direction == "<=" else value >= limit
+        if good:
+            passes.append(f"{field_name} {value:.6g} {direction} {limit:.6g}")
+        elif direction == "<=":
+            misses.append(f"{field_name} {value:.3g} exceeds {key} {limit:.3g} by {value - limit:.3g} "
+                          f"({value / limit:.1f}x)" if limit > 0 else f"{field_name} {value:.3g} exceeds {limit:.3g}")
+        else:
+            misses.append(f"{field_name} {value:.6g} is below {limit:.6g} by {limit - value:.3g}")
+    if misses:
+        return False, f"{precision}: " + "; ".join(misses)
+    return True, f"{precision}: " + ("; ".join(passes) if passes else "nothing to judge")
+
+
+def _is_classifier(spec: ModelSpec | None) -> bool:
+    return spec is not None and spec.task == "classification"
+
+
+def _pair_outputs(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if set(reference) <= set(outputs):
+        return {name: (outputs[name], reference[name]) for name in reference}
+    if len(outputs) != len(reference):
+        raise DeployBenchError(f"the cell returned outputs {list(outputs)}, the reference {list(reference)}: "
+                               "they cannot be matched by name or position")
+    return {name: (got, reference[name]) for name, got in zip(reference, outputs.values())}
+
+
+__all__ = ["AGREEMENT_SAMPLES", "REL_ERROR_FLOOR", "Reference", "TOLERANCES", "benchmark_precision",
+           "check_tolerance", "compare_outputs", "cosine_similarity", "make_reference", "reference_outputs",
+           "top1_agreement", "torch_outputs"]
