@@ -83,7 +83,8 @@ def conversion_key(spec: ModelSpec, fmt: str, precision: str, options: dict[str,
 
 class ConversionCache:
     def __init__(self, root: Path):
-        self.root = Path(root)
+        # Absolute, so an entry's files are relocated once (a relative root was prefixed twice).
+        self.root = Path(root).absolute()
 
     def entry_dir(self, spec: ModelSpec, fmt: str, precision: str, options: dict[str, Any]) -> Path:
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
