@@ -1,0 +1,119 @@
+"""The calibration samples every int8 converter shares (ONNX Runtime, NNCF, TFLite, TensorRT).
+
+Real data comes first: ``spec.calibration_data(n)`` when the model has it. Only a model without
+any gets seeded random inputs, and ``Calibration.source`` says so. The samples are cached on disk
+(an ``.npz`` under the conversion cache, keyed by the model's fingerprint, ``n`` and ``seed``), so
+every backend calibrates on exactly the same samples and a second run does not rebuild them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..spec import DeployBenchError, ModelSpec
+from .cache import default_cache_dir, model_fingerprint
+
+DEFAULT_SAMPLES = 64
+SOURCE_REAL = "real (model calibration data)"
+SOURCE_RANDOM = "random (model has no calibration data)"
+
+
+@dataclass
+class Calibration:
+    """Calibration samples (one ``{input name: array}`` per sample, batch of the model's default dims)
+    and where they came from: ``SOURCE_REAL`` or ``SOURCE_RANDOM``."""
+
+    samples: list[dict[str, np.ndarray]]
+    source: str
+    seed: int = 0
+
+    @property
+    def is_real(self) -> bool:
+        return self.source == SOURCE_REAL
+
+    def describe(self) -> dict[str, object]:
+        """What a converter records in its artifact's metadata."""
+        return {"calibration": self.source, "calibration_samples": len(self.samples), "calibration_seed": self.seed}
+
+
+def calibration_inputs(spec: ModelSpec, n: int = DEFAULT_SAMPLES, seed: int = 0,
+                       cache_dir: str | Path | None = None) -> Calibration:
+    """Up to ``n`` calibration samples for ``spec`` as a ``Calibration(samples, source)``.
+
+    Real data from ``spec.calibration_data(n)`` when the model has it, else ``n`` seeded random
+    inputs (``spec.make_inputs(seed + i)``). Cached under ``cache_dir`` (default: the conversion
+    cache) so every int8 converter of the same model sees the same samples.
+    """
+    if n < 1:
+        raise DeployBenchError(f"calibration sample count {n} for model {spec.name!r}: use at least 1")
+    path = _cache_path(spec, n, seed, cache_dir)
+    cached = _load(path)
+    if cached is not None:
+        return cached
+    calibration = _build(spec, n, seed)
+    _save(path, calibration)
+    return calibration
+
+
+def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
+    if spec.calibration_data is not None:
+        samples = list(spec.calibration_data(n))[:n]
+        if samples:
+            names = set(spec.input_names)
+            for sample in samples:
+                if set(sample) != names:
+                    raise DeployBenchError(f"model {spec.name!r}: calibration_data returned inputs {sorted(sample)}; "
+                                           f"it must return dicts with {sorted(names)}")
+            return Calibration([{k: np.asarray(v) for k, v in s.items()} for s in samples], SOURCE_REAL, seed)
+    samples = [spec.make_inputs(seed=seed + i) for i in range(n)]
+    return Calibration(samples, SOURCE_RANDOM, seed)
+
+
+def _cache_path(spec: ModelSpec, n: int, seed: int, cache_dir: str | Path | None) -> Path:
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed]).encode()).hexdigest()[:16]
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
+    return root / "calibration" / f"{safe_name}-n{n}-s{seed}-{key}.npz"
+
+
+def _save(path: Path, calibration: Calibration) -> None:
+    arrays = {f"{i}/{name}": array for i, sample in enumerate(calibration.samples) for name, array in sample.items()}
+    arrays["__meta__"] = np.array(json.dumps({"source": calibration.source, "seed": calibration.seed,
+                                              "count": len(calibration.samples)}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed so a concurrent reader never sees half a file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path) -> Calibration | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            samples: list[dict[str, np.ndarray]] = [{} for _ in range(meta["count"])]
+            for key in data.files:
+                if key == "__meta__":
+                    continue
+                index, _, name = key.partition("/")
+                samples[int(index)][name] = data[key]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None  # a damaged file is rebuilt
+    return Calibration(samples, meta["source"], meta["seed"])
+
+
+__all__ = ["Calibration", "DEFAULT_SAMPLES", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs"]

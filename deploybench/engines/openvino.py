@@ -1,0 +1,126 @@
+"""OpenVINO backend: an IR ``.xml`` or an ``.onnx`` on the CPU plugin, at an explicit inference precision.
+
+The CPU plugin picks its own inference precision when none is set (bf16 on a CPU with AVX512-BF16
+or AMX), so every engine sets ``INFERENCE_PRECISION_HINT`` explicitly and reads back what the
+compiled model really runs; a mismatch raises instead of measuring the wrong thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..spec import DeployBenchError
+from .base import InferenceEngine
+
+# Engine precision -> INFERENCE_PRECISION_HINT. int8 runs the quantized ops in int8 and what NNCF
+# left unquantized in f32: correct, and on this class of CPU as fast as the bf16 alternative.
+PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+class OpenVINOEngine(InferenceEngine):
+    """Runs OpenVINO IR or ONNX on the CPU plugin.
+
+    fp32/fp16/bf16 are execution modes of an fp32 (or fp16-compressed) model, chosen with the
+    precision hint; int8 needs an int8 artifact (NNCF IR or a QDQ .onnx). Options:
+    ``performance_hint`` (LATENCY by default), ``inference_precision`` (override the hint),
+    ``allow_precision_fallback`` (note instead of raise when the CPU runs another precision),
+    ``device`` (CPU). ``runtime_notes`` records the precision, threads and streams that ran.
+    """
+
+    backend = "openvino"
+    formats = ("openvino", "onnx")
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    requires = "openvino"
+
+    def __init__(self, artifact, precision=None, threads=None, **options: Any):
+        super().__init__(artifact, precision=precision, threads=threads, **options)
+        quantized = {artifact.precision, self.precision} & {"int8"}
+        if quantized and artifact.precision != self.precision:
+            raise DeployBenchError(
+                f"{artifact.path.name} is a {artifact.precision} model and OpenVINO cannot run it as {self.precision}: "
+                f"convert with deploy_model(..., precision={self.precision!r})")
+        if artifact.precision in ("fp16", "bf16") and self.precision != artifact.precision:
+            raise DeployBenchError(
+                f"{artifact.path.name} is a {artifact.precision} artifact; run it as {artifact.precision} or convert "
+                f"with deploy_model(..., precision={self.precision!r})")
+        self._compiled = None
+        self._request = None
+        self._input_names: dict[str, Any] = {}
+        self._output_ports: list[Any] = []
+
+    def _config(self) -> dict[str, Any]:
+        hint = self.options.get("inference_precision") or PRECISION_HINTS[self.precision]
+        performance = str(self.options.get("performance_hint", "LATENCY")).upper()
+        if performance not in PERFORMANCE_HINTS:
+            raise DeployBenchError(f"unknown performance_hint {performance!r} for openvino; choose from: "
+                                   f"{', '.join(PERFORMANCE_HINTS)}")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": performance}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
+
+    def _load_impl(self) -> None:
+        import openvino as ov
+
+        path = self.artifact.path
+        core = ov.Core()
+        config = self._config()
+        device = self.options.get("device", "CPU")
+        try:
+            model = core.read_model(str(path))
+            self._compiled = core.compile_model(model, device, config)
+        except Exception as exc:
+            raise DeployBenchError(f"openvino cannot load {path}: {type(exc).__name__}: {exc}"
+                                   .splitlines()[0]) from exc
+        ran = _precision_name(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        asked = config["INFERENCE_PRECISION_HINT"]
+        self.runtime_notes.update({
+            "openvino": ov.__version__, "device": device, "inference_precision": ran,
+            "performance_hint": config["PERFORMANCE_HINT"],
+            "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS")),
+            "streams": int(self._compiled.get_property("NUM_STREAMS")),
+        })
+        if ran != asked:
+            message = (f"openvino on this {device} ran {path.name} in {ran}, not the {asked} asked for "
+                       f"{self.precision}: this CPU has no {asked} support")
+            if not self.options.get("allow_precision_fallback"):
+                self._compiled = None
+                raise DeployBenchError(message + "; skip this precision or pass allow_precision_fallback=True")
+            self.runtime_notes["fallback"] = message
+        self._request = self._compiled.create_infer_request()
+        self._bind_ports()
+
+    def _bind_ports(self) -> None:
+        """Match the artifact's tensor names to the compiled model's ports (by name, else by position)."""
+        compiled_inputs = list(self._compiled.inputs)
+        for i, spec in enumerate(self.inputs):
+            port = next((p for p in compiled_inputs if spec.name in p.get_names()), None)
+            if port is None:
+                port = compiled_inputs[i]
+            self._input_names[spec.name] = port
+        compiled_outputs = list(self._compiled.outputs)
+        self._output_ports = [next((p for p in compiled_outputs if spec.name in p.get_names()), compiled_outputs[i])
+                              for i, spec in enumerate(self.outputs)] or compiled_outputs
+
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any] | list:
+        try:
+            results = self._request.infer({self._input_names[name]: array for name, array in feed.items()})
+        except Exception as exc:
+            raise DeployBenchError(f"openvino failed running {self.artifact.path.name}: "
+                                   f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        # The request reuses its output buffers on the next call: hand out copies.
+        return [np.array(results[port], copy=True) for port in self._output_ports]
+
+    def _close_impl(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
+def _precision_name(value: Any) -> str:
+    """'f32' / 'f16' / 'bf16' for the ov.Type (or string) a compiled model reports."""
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(name.lower(), name.lower())
