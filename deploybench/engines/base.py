@@ -9,13 +9,13 @@ backend, timing the load, and closing. A subclass never sees a malformed input.
 from __future__ import annotations
 
 import abc
-import importlib
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from .._imports import quiet_import
 from ..spec import Artifact, DeployBenchError, TensorSpec
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -64,7 +64,7 @@ class InferenceEngine(abc.ABC):
     def availability(cls) -> tuple[bool, str]:
         """(True, version) if this backend can run here, else (False, the reason why not)."""
         try:
-            module = importlib.import_module(cls.requires)
+            module = quiet_import(cls.requires)
         except Exception as exc:  # ImportError, or a broken install raising anything else
             return False, f"{cls.requires} is not importable here ({type(exc).__name__}: {exc})".splitlines()[0]
         problem = cls._platform_problem()
