@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import (BACKEND_FORMATS, FORMAT_BACKENDS, PRECISIONS, STATUS_FAILED, STATUS_SKIPPED,
-                    STATUS_TIMEOUT, Cell, DeployBenchError, ModelSpec, Result)
+                    STATUS_TIMEOUT, Cell, DeployBenchError, ModelSpec, PrecisionNotSupported, Result)
 
 SCHEMA = "deploybench.matrix/1"
 
 # Formats a bring-your-own artifact can be converted to, besides running as it is.
 ARTIFACT_CONVERSIONS: dict[str, tuple[str, ...]] = {"onnx": ("openvino", "tensorrt")}
 
-# Words of a DeployBenchError that says a precision is not offered by a format or backend: such a
-# cell is skipped (nothing is broken), not failed.
+# A precision a format or backend cannot express is a skipped cell (nothing is broken), not a failed
+# one: converters and engines raise ``PrecisionNotSupported``; these words catch a third-party
+# converter or engine that raises a plain DeployBenchError saying so.
 _UNSUPPORTED_PRECISION = re.compile(
     r"not supported|unsupported|does not support|doesn't support|has no .*mode|only supports|only runs|"
     r"cannot (?:run|quantize|convert) .*(?:fp16|bf16|int8)|it runs:", re.IGNORECASE)
@@ -126,11 +127,13 @@ def cell_formats(spec: ModelSpec, backend: str) -> tuple[str, ...]:
 
 
 def plan_cells(specs: Iterable[ModelSpec], backends: Sequence[str], precisions: Sequence[str],
-               formats: Sequence[str] | None = None) -> list[Cell]:
+               formats: Sequence[str] | None = None, include_unsupported: bool = False) -> list[Cell]:
     """Every compatible cell, in model / backend / format / precision order. Builds and converts nothing.
 
-    Precisions are filtered by each backend's engine class; an unknown backend or precision is a
-    one-line ``DeployBenchError`` naming the known ones.
+    Precisions are filtered by each backend's engine class, unless ``include_unsupported``: then
+    those cells stay, for ``run_cell`` to report as skipped with the reason (a full matrix shows
+    every asked cell). An unknown backend or precision is a one-line ``DeployBenchError`` naming
+    the known ones.
     """
     _check_backends(backends)
     for precision in precisions:
@@ -144,7 +147,7 @@ def plan_cells(specs: Iterable[ModelSpec], backends: Sequence[str], precisions: 
                 if formats is not None and fmt not in formats:
                     continue
                 for precision in precisions:
-                    if offered is None or precision in offered:
+                    if include_unsupported or offered is None or precision in offered:
                         cells.append(Cell(spec.name, fmt, backend, precision))
     return list(dict.fromkeys(cells))
 
@@ -179,6 +182,8 @@ def _one_line(exc: BaseException, with_type: bool = False) -> str:
 
 
 def _is_unsupported_precision(exc: BaseException, precision: str) -> bool:
+    if isinstance(exc, PrecisionNotSupported):
+        return True
     if not isinstance(exc, DeployBenchError) or precision == "fp32":
         return False
     message = str(exc)
@@ -195,7 +200,8 @@ def _rebuildable_ref(spec: ModelSpec) -> str | None:
 
 def _artifact_notes(artifact) -> dict[str, Any]:
     keep = ("fixed_axes", "fixed_dims", "dynamic_axes", "fp32_ops", "ops_in_fp32", "calibration",
-            "calibration_source", "reference", "opset", "nms", "compress_to_fp16", "inference_precision")
+            "calibration_source", "reference", "opset", "nms", "compress_to_fp16", "inference_precision",
+            "quantization")
     notes = {k: v for k, v in artifact.metadata.items() if k in keep}
     notes["cached"] = artifact.cached
     return notes
@@ -276,6 +282,8 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         result.throughput_ips, result.unstable = timing.throughput_ips, timing.unstable
         result.extra["stopped_by"] = timing.stopped_by
         result.extra["warmup_count"] = timing.warmup_count
+        if spec.task == "detection":
+            _time_end_to_end(engine, spec, result)
 
         from .precision import benchmark_precision
 
@@ -284,7 +292,12 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         result.accuracy = benchmark_precision(engine, reference, inputs, spec=spec, dims=settings.dims)
         passed, message = check_tolerance(result.accuracy, cell.precision, settings.tolerances.get(cell.precision))
         result.extra["tolerance"] = {"passed": passed, "message": message}
+        for key in ("detection", "detection_agreement"):
+            if key in result.accuracy.per_output:
+                result.extra[key] = dict(result.accuracy.per_output[key])
         result.extra["runtime_notes"] = dict(engine.runtime_notes)
+        # What computed, when it is not plainly the cell's precision (ops left in fp32, a fallback).
+        result.extra["precision_ran"] = engine.runtime_notes.get("precision_ran", cell.precision)
     except Exception as exc:
         if _is_unsupported_precision(exc, cell.precision):
             result.status, result.reason = STATUS_SKIPPED, _one_line(exc)
@@ -299,6 +312,17 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         if own_reference is not None:
             own_reference.close()
     return result
+
+
+def _time_end_to_end(engine, spec: ModelSpec, result: Result) -> None:
+    """A detector's latency end to end (pre + inference + post) and per stage into ``result.extra``; a
+    failure there is recorded as ``extra["e2e_error"]``: the inference figures already measured stand."""
+    from .detection_quality import end_to_end_latency
+
+    try:
+        result.extra.update(end_to_end_latency(engine, spec))
+    except Exception as exc:
+        result.extra["e2e_error"] = _one_line(exc, with_type=True)
 
 
 def _measure_memory(spec: ModelSpec, cell: Cell, artifact, settings: RunSettings, inputs, result: Result) -> bool:
@@ -491,7 +515,7 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
         if spec.name in by_name and by_name[spec.name] is not spec:
             raise DeployBenchError(f"two models are named {spec.name!r}; give them distinct names")
         by_name[spec.name] = spec
-    cells = plan_cells(specs, list(backends), list(precisions), formats=formats)
+    cells = plan_cells(specs, list(backends), list(precisions), formats=formats, include_unsupported=True)
     if shard is not None:
         cells = select_shard(cells, *shard)
     matrix = Matrix(results=[], machine=machine_info(), settings={

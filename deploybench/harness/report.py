@@ -254,6 +254,35 @@ def _row(result: Result, is_best: bool) -> list[str]:
     ]
 
 
+# A detector's table adds its mAP@0.5:0.95, its mAP@0.5 change against the reference and its latency end
+# to end (pre + inference + post per image), so a slow post-processing step shows next to "median ms".
+DETECTOR_COLUMNS = ("mAP50-95", "mAP Δ", "e2e ms")
+DETECTOR_LEGEND = ("mAP Δ: map50 minus the reference's (negative: the cell lost mAP); e2e ms: median per "
+                   "image of pre-processing + inference + post-processing over held-out images "
+                   "(median ms is inference alone)")
+
+
+def _is_detector(rows: Sequence[Result]) -> bool:
+    return any("detection" in r.extra or "e2e_ms" in r.extra for r in rows)
+
+
+def _detector_cells(result: Result) -> list[str]:
+    detection = result.extra.get("detection") or {}
+    map50_95, drop = detection.get("map50_95"), detection.get("map50_drop")
+    return [f"{map50_95:.3f}" if map50_95 is not None else "–",
+            f"{0.0 - drop:+.3f}" if drop is not None and math.isfinite(drop) else "–",  # 0.0 - 0.0 is +0.0
+            _num(result.extra.get("e2e_ms"))]
+
+
+def _with_detector_columns(headers: Sequence[str], table: list[list[str]], rows: Sequence[Result]
+                           ) -> tuple[Sequence[str], list[list[str]]]:
+    """The detector columns inserted before the last (status) column, for a detector's table only."""
+    if not _is_detector(rows):
+        return headers, table
+    return ([*headers[:-1], *DETECTOR_COLUMNS, headers[-1]],
+            [[*line[:-1], *_detector_cells(r), line[-1]] for line, r in zip(table, rows)])
+
+
 def _reference_of(rows: Sequence[Result]) -> str | None:
     for r in rows:
         if r.accuracy and r.accuracy.reference:
@@ -308,8 +337,10 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         reference = _reference_of(shown)
         lines.append("")
         lines.append(f"{model}" + (f"  (errors vs {reference})" if reference else ""))
-        table = [_row(r, best.get(model) is r) for r in shown]
-        lines.append(tabulate(table, headers=COLUMNS, tablefmt="simple", disable_numparse=True))
+        headers, table = _with_detector_columns(COLUMNS, [_row(r, best.get(model) is r) for r in shown], shown)
+        lines.append(tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
+        if _is_detector(shown):
+            lines.append(DETECTOR_LEGEND)
     if not any(r.ok for r in results):
         lines.append("no cell ran successfully")
     unstable = [r for r in results if r.ok and r.unstable]
@@ -438,7 +469,10 @@ def markdown_report(results: Sequence[Result], verdicts: Iterable[Any] | None = 
             table_rows.append([full[0], *full[1:7], full[10], full[11], full[12], full[13], full[14]])
         reference = _reference_of(ok_rows)
         parts.append(f"### {_md_escape(model)}" + (f" (errors vs {_md_escape(reference)})" if reference else ""))
-        parts.append(_md_table(headers, table_rows))
+        model_headers, table_rows = _with_detector_columns(headers, table_rows, ok_rows)
+        parts.append(_md_table(model_headers, table_rows))
+        if _is_detector(ok_rows):
+            parts.append(f"_{_md_escape(DETECTOR_LEGEND)}_")
     if not any(r.ok for r in results):
         parts.append("_no cell ran successfully_")
     others = _not_ok(results)
@@ -486,14 +520,15 @@ def _e(value: Any) -> str:
 
 
 def _html_table(rows: Sequence[Result], best: Result | None) -> str:
-    head = "".join(f'<th class="t">{_e(c)}</th>' if i in (0, 1, 2, 3, 13, 14) else f"<th>{_e(c)}</th>"
-                   for i, c in enumerate(_HTML_COLUMNS))
+    headers, table = _with_detector_columns(_HTML_COLUMNS, [_row(r, r is best) for r in rows], rows)
+    text_columns = {0, 1, 2, 3, 13, len(headers) - 1}  # left-aligned: names, the metric and the status
+    head = "".join(f'<th class="t">{_e(c)}</th>' if i in text_columns else f"<th>{_e(c)}</th>"
+                   for i, c in enumerate(headers))
     body = []
-    for r in rows:
+    for r, cells in zip(rows, table):
         classes = [c for c, on in (("best", r is best), ("unstable", r.unstable),
                                    ("fails", not passes_accuracy(r))) if on]
-        cells = _row(r, r is best)
-        tds = "".join(f'<td class="t">{_e(v)}</td>' if i in (0, 1, 2, 3, 13, 14) else f"<td>{_e(v)}</td>"
+        tds = "".join(f'<td class="t">{_e(v)}</td>' if i in text_columns else f"<td>{_e(v)}</td>"
                       for i, v in enumerate(cells))
         body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>')
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
