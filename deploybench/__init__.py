@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .spec import (Accuracy, Artifact, Cell, DeployBenchError, LatencyStats, ModelSpec, Result,
-                   TensorSpec)
+from .spec import (Accuracy, Artifact, Cell, DeployBenchError, LatencyStats, ModelSpec, PrecisionNotSupported,
+                   Result, TensorSpec)
 
 __version__ = "0.1.0"
 
@@ -51,5 +51,5 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["Accuracy", "Artifact", "Cell", "DeployBenchError", "LatencyStats", "ModelSpec", "Result",
-           "TensorSpec", *_LAZY]
+__all__ = ["Accuracy", "Artifact", "Cell", "DeployBenchError", "LatencyStats", "ModelSpec", "PrecisionNotSupported",
+           "Result", "TensorSpec", *_LAZY]

@@ -28,6 +28,10 @@ class DeployBenchError(Exception):
     """The one project error: its message is one line that names the thing that is wrong and the fix."""
 
 
+class PrecisionNotSupported(DeployBenchError):
+    """A format or backend cannot express the asked precision: nothing is broken, the cell is skipped."""
+
+
 FORMATS = ("torch", "onnx", "openvino", "tflite", "coreml", "tensorrt")
 BACKENDS = ("torch", "onnxruntime", "openvino", "tflite", "coreml", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")

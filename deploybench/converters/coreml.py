@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 
 DEFAULT_TARGET = "iOS16"  # ML Program with quantized-weight ops (constexpr_affine_dequantize)
 MAX_DYNAMIC_SIZE = 4096
@@ -41,7 +41,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
     import coremltools as ct
 
     if precision not in ("fp32", "fp16", "int8"):
-        raise DeployBenchError(f"coreml has no {precision!r} conversion; use fp32, fp16 or int8")
+        raise PrecisionNotSupported(f"coreml has no {precision!r} conversion; use fp32, fp16 or int8")
     if spec.factory is None:
         raise DeployBenchError(f"{spec.source_path}: CoreML conversion starts from a PyTorch model, "
                                f"not a {spec.source_format} file")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
 DEFAULT_OPSET = 18
@@ -41,7 +41,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, opset: int | None = 
     ``per_channel`` (default True); for fp16 ``fp32_ops`` (op types kept in fp32).
     """
     if precision not in PRECISIONS:
-        raise DeployBenchError(f"ONNX has no {precision!r} artifact; choose from: {', '.join(PRECISIONS)}")
+        raise PrecisionNotSupported(f"ONNX has no {precision!r} artifact; choose from: {', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
     target = out_dir / "model.onnx"
     if precision == "fp32" and spec.factory is not None:

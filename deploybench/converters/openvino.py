@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -35,7 +35,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, **options: Any) -> A
     import openvino as ov
 
     if precision not in PRECISIONS:
-        raise DeployBenchError(f"OpenVINO IR has no {precision!r} artifact; choose from: {', '.join(PRECISIONS)}")
+        raise PrecisionNotSupported(f"OpenVINO IR has no {precision!r} artifact; choose from: {', '.join(PRECISIONS)}")
     if precision != "fp32" and spec.factory is not None:
         model, metadata = _cached_fp32_model(spec, Path(out_dir))
     else:

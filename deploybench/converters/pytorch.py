@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 
 FILE_NAME = "model.pt2"
 SPECS_ENTRY = "deploybench.json"
@@ -34,7 +34,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", strict: boo
     import torch
 
     if precision not in TORCH_PRECISIONS:
-        raise DeployBenchError(f"the torch format has no {precision!r} mode; use one of "
+        raise PrecisionNotSupported(f"the torch format has no {precision!r} mode; use one of "
                                f"{', '.join(TORCH_PRECISIONS)}, or an onnx/openvino/tflite {precision} cell")
     if options:
         raise DeployBenchError(f"torch conversion takes no option(s) {', '.join(sorted(options))}; "

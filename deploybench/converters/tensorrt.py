@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 DEFAULT_MAX_BATCH = 32
@@ -50,7 +50,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
     """
     trt = _import_tensorrt()
     if precision not in ("fp32", "fp16", "int8"):
-        raise DeployBenchError(f"tensorrt has no {precision!r} build; use fp32, fp16 or int8")
+        raise PrecisionNotSupported(f"tensorrt has no {precision!r} build; use fp32, fp16 or int8")
     int8_mode = str(options.get("int8_mode", "qdq"))
     if int8_mode not in INT8_MODES:
         raise DeployBenchError(f"unknown int8_mode {int8_mode!r}; choose from: {', '.join(INT8_MODES)}")

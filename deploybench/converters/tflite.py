@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 
 SIGNATURE_KEY = "serving_default"
 CALIBRATION_SAMPLES = 64
@@ -42,7 +42,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
     """
     out_dir = Path(out_dir)
     if precision not in ("fp32", "fp16", "int8"):
-        raise DeployBenchError(f"tflite has no {precision!r} conversion; use fp32, fp16 or int8")
+        raise PrecisionNotSupported(f"tflite has no {precision!r} conversion; use fp32, fp16 or int8")
     if spec.factory is None:
         if spec.source_format == "onnx":
             return _convert_from_onnx(spec, out_dir, precision, **options)

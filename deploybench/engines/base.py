@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._imports import quiet_import
-from ..spec import Artifact, DeployBenchError, TensorSpec
+from ..spec import Artifact, DeployBenchError, PrecisionNotSupported, TensorSpec
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -50,7 +50,7 @@ class InferenceEngine(abc.ABC):
         self.artifact = artifact
         self.precision = precision or artifact.precision
         if self.precision not in self.precisions:
-            raise DeployBenchError(
+            raise PrecisionNotSupported(
                 f"backend {self.backend!r} has no {self.precision!r} mode; it runs: {', '.join(self.precisions)}")
         self.threads = threads
         self.options = options

@@ -66,6 +66,12 @@ class OnnxRuntimeEngine(InferenceEngine):
             "providers": self._session.get_providers(), "onnxruntime": ort.__version__,
             "graph_optimization": level, "intra_op_threads": session_options.intra_op_num_threads,
         })
+        kept = self.artifact.metadata.get("fp32_ops")
+        if self.precision == "fp16" and kept:
+            self.runtime_notes["precision_ran"] = f"fp16 graph with {', '.join(kept)} kept in fp32"
+        elif self.precision == "int8":
+            self.runtime_notes["precision_ran"] = ("int8 QDQ: quantized ops run int8 kernels, ops without one "
+                                                   "run fp32 between DequantizeLinear/QuantizeLinear")
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
         try:

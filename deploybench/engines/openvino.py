@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError
+from ..spec import DeployBenchError, PrecisionNotSupported
 from .base import InferenceEngine
 
 # Engine precision -> INFERENCE_PRECISION_HINT. int8 runs the quantized ops in int8 and what NNCF
@@ -84,13 +84,17 @@ class OpenVINOEngine(InferenceEngine):
             "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS")),
             "streams": int(self._compiled.get_property("NUM_STREAMS")),
         })
+        if self.precision == "int8":
+            self.runtime_notes["precision_ran"] = (f"int8 where NNCF placed FakeQuantize; the other ops in {ran} "
+                                                   "(INFERENCE_PRECISION_HINT)")
         if ran != asked:
             message = (f"openvino on this {device} ran {path.name} in {ran}, not the {asked} asked for "
                        f"{self.precision}: this CPU has no {asked} support")
             if not self.options.get("allow_precision_fallback"):
                 self._compiled = None
-                raise DeployBenchError(message + "; skip this precision or pass allow_precision_fallback=True")
+                raise PrecisionNotSupported(message + "; skip this precision or pass allow_precision_fallback=True")
             self.runtime_notes["fallback"] = message
+            self.runtime_notes["precision_ran"] = ran
         self._request = self._compiled.create_infer_request()
         self._bind_ports()
 

@@ -60,6 +60,8 @@ class TorchEngine(InferenceEngine):
         self._autocast_dtype = getattr(torch, autocast) if autocast else None
         if autocast:
             self.runtime_notes["autocast"] = autocast
+            self.runtime_notes["precision_ran"] = (f"{self.precision} autocast: conv, linear and matmul in "
+                                                   f"{self.precision}; norms, softmax and reductions in fp32")
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any] | list | tuple:
         import contextlib

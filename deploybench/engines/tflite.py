@@ -58,6 +58,9 @@ class TFLiteEngine(InferenceEngine):
                                                   **dict(zip(self.output_names, self._output_details))}.items()
                                    if d["quantization"][0]),
         })
+        if self.precision == "fp16":
+            # LiteRT dequantizes fp16 weights to fp32 at load (XNNPACK too, unless forced to fp16).
+            self.runtime_notes["precision_ran"] = "fp16 weights, dequantized at load: compute in fp32"
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         interpreter = self._interpreter
