@@ -156,7 +156,9 @@ class ModelSpec:
     ``eval_data()`` returns (inputs, labels) of a held-out set for the task metric;
     ``calibration_data(n)`` returns up to n input dicts of real data for int8 calibration.
     ``ref`` is how a fresh process finds the same model again: a zoo name, ``path.py:factory``
-    (plus shapes) or an artifact path.
+    (plus shapes) or an artifact path. ``tolerances`` overrides the default accuracy tolerances
+    per precision for this model (``{"int8": {"top1_agreement": 0.0}}``), for a model whose
+    outputs make a default criterion meaningless; the run's own overrides still win.
     """
 
     name: str
@@ -172,6 +174,7 @@ class ModelSpec:
     ref: str | None = None
     description: str = ""
     task_config: dict[str, Any] = field(default_factory=dict)
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
     _module: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

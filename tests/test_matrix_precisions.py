@@ -117,3 +117,19 @@ def test_coreml_and_tensorrt_cells_are_skips_with_reasons_not_failures(small_cnn
                 assert result.reason == why
             assert result.status == "ok" or result.reason
     assert not matrix.failed
+
+
+def test_a_model_can_switch_off_a_criterion_that_means_nothing_for_it():
+    """resnet18's untrained head makes top-1 agreement a tie-break; its int8 cells are judged on error figures."""
+    from deploybench.harness.precision import check_tolerance
+    from deploybench.models import get_model
+    from deploybench.spec import Accuracy
+
+    accuracy = Accuracy(max_abs_error=0.2, cosine=0.998, top1_agreement=0.7)
+    passed, message = check_tolerance(accuracy, "int8")
+    assert not passed and "top1_agreement 0.7 is below 0.9" in message
+    overrides = get_model("resnet18").tolerances["int8"]
+    passed, message = check_tolerance(accuracy, "int8", overrides)
+    assert passed, message
+    passed, message = check_tolerance(Accuracy(cosine=0.95, top1_agreement=0.7), "int8", overrides)
+    assert not passed and "cosine" in message

@@ -290,7 +290,9 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         if reference is None:
             reference = own_reference = make_reference(spec)
         result.accuracy = benchmark_precision(engine, reference, inputs, spec=spec, dims=settings.dims)
-        passed, message = check_tolerance(result.accuracy, cell.precision, settings.tolerances.get(cell.precision))
+        passed, message = check_tolerance(result.accuracy, cell.precision,
+                                          {**spec.tolerances.get(cell.precision, {}),
+                                           **settings.tolerances.get(cell.precision, {})})
         result.extra["tolerance"] = {"passed": passed, "message": message}
         for key in ("detection", "detection_agreement"):
             if key in result.accuracy.per_output:

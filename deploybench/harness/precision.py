@@ -369,7 +369,7 @@ def check_tolerance(accuracy: Accuracy, precision: str, overrides: Mapping[str, 
 
     Keys: ``atol`` (max_abs_error <=), ``rtol`` (max_rel_error <=), ``cosine`` (>=),
     ``top1_agreement`` (>=), ``metric_value`` (>=), ``map_drop`` (a detector's mAP@0.5 drop <=). A
-    figure the accuracy lacks is not judged. The failure message names each criterion missed and by how much.
+    figure the accuracy lacks, or a key set to None, is not judged. The failure message names each criterion missed and by how much.
     """
     if precision not in TOLERANCES and not overrides:
         raise DeployBenchError(f"no tolerance for precision {precision!r}; choose from {', '.join(TOLERANCES)} "
@@ -386,7 +386,7 @@ def check_tolerance(accuracy: Accuracy, precision: str, overrides: Mapping[str, 
               ("map_drop", "map50_drop", "<=")]
     misses, passes = [], []
     for key, field_name, direction in checks:
-        if key not in rules:
+        if rules.get(key) is None:  # absent, or switched off for this model / run
             continue
         limit = float(rules[key])
         value = detection.get(field_name) if key == "map_drop" else getattr(accuracy, field_name)

@@ -167,3 +167,10 @@ def scale_classifier_head(module, head, images: np.ndarray, logit_std: float = 2
         if head.bias is not None:
             head.bias.mul_(factor)
     return factor
+
+
+# The ImageNet-architecture zoo models have seeded, untrained 1000-class heads: on real crops their
+# top logits are near ties, so int8 rounding flips the argmax (top-1 agreement 0.67-0.81 measured)
+# while the outputs still agree (cosine 0.997-0.999). Top-1 agreement there measures tie-breaking,
+# not accuracy: judge their int8 cells on the error figures and report top-1 agreement unjudged.
+UNTRAINED_HEAD_TOLERANCES = {"int8": {"top1_agreement": None}}

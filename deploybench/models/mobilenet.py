@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..spec import ModelSpec, TensorSpec
 from ._data import (cached_weights, estimate_batchnorm_statistics, image_calibration_data, real_images,
-                    scale_classifier_head)
+                    scale_classifier_head, UNTRAINED_HEAD_TOLERANCES)
 
 WEIGHTS_RECIPE = {
     "model": "mobilenet_v3", "version": 1, "init_seed": 0, "init": "torchvision_mobilenet_v3",
@@ -157,4 +157,5 @@ def mobilenet_v3() -> ModelSpec:
                      "squeeze-excitation), seeded weights with BatchNorm statistics from real photo crops; "
                      "class scores are not meaningful (no eval set)"),
         task_config={"num_classes": 1000},
+        tolerances=UNTRAINED_HEAD_TOLERANCES,
     )

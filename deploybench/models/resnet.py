@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..spec import ModelSpec, TensorSpec
 from ._data import (cached_weights, estimate_batchnorm_statistics, image_calibration_data, real_images,
-                    scale_classifier_head)
+                    scale_classifier_head, UNTRAINED_HEAD_TOLERANCES)
 
 WEIGHTS_RECIPE = {
     "model": "resnet18", "version": 1, "init_seed": 0, "init": "kaiming_normal_fan_out",
@@ -114,4 +114,5 @@ def resnet18() -> ModelSpec:
         description=("ResNet-18 (11.7 M parameters, 1.8 GFLOPs at 224x224), seeded weights with BatchNorm "
                      "statistics from real photo crops; class scores are not meaningful (no eval set)"),
         task_config={"num_classes": 1000},
+        tolerances=UNTRAINED_HEAD_TOLERANCES,
     )
