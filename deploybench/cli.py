@@ -35,7 +35,7 @@ exit status: 0 when every cell is ok or skipped (a backend missing here is a ski
 examples:
   deploybench run --models digits_cnn --backends torch,onnxruntime,openvino --output results.json
   deploybench run --models my_net.py:build --input-shape 1x3x224x224 --backends onnxruntime,openvino
-  deploybench run --models model.onnx --backends onnxruntime,openvino --shard 0/2
+  deploybench run --models model.onnx --backends onnxruntime,openvino --shard 1/2
 """
 
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-memory", action="store_true",
                      help="skip the memory child (faster, but a crashing backend can then end the run)")
     run.add_argument("--shard", default=None, metavar="I/N",
-                     help="run only shard I of N (0 <= I < N), e.g. 0/4; shards partition the cells")
+                     help="run only shard I of N (1 <= I <= N), e.g. 1/4; shards partition the cells")
     run.add_argument("--cache-dir", default=None, help="conversion cache (default: $DEPLOYBENCH_CACHE or "
                                                        ".deploybench-cache)")
     run.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default: 0)")

@@ -55,13 +55,13 @@ def test_shards_partition_the_cells_deterministically():
     cells = [Cell(f"m{i}", "onnx", backend, precision) for i in range(7)
              for backend in ("onnxruntime", "openvino") for precision in ("fp32", "int8")]
     for count in (1, 2, 3, 5):
-        shards = [select_shard(cells, index, count) for index in range(count)]
+        shards = [select_shard(cells, index, count) for index in range(1, count + 1)]
         assert sorted(c for shard in shards for c in shard) == sorted(cells)
         assert sum(len(s) for s in shards) == len(cells)
-        assert shards == [select_shard(cells, index, count) for index in range(count)]
+        assert shards == [select_shard(cells, index, count) for index in range(1, count + 1)]
     assert parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "x/2", "1"):
-        with pytest.raises(DeployBenchError, match="0 <= index < count"):
+    for bad in ("0/4", "5/4", "x/2", "1"):
+        with pytest.raises(DeployBenchError, match="1 <= i <= n"):
             parse_shard(bad)
 
 
@@ -238,7 +238,7 @@ def bad_cli_runs(tmp_path_factory):
     ("missing file", "does not exist"), ("not a model file", "unknown model file type '.txt'"),
     ("no such factory", "has no callable 'build'"), ("unknown backend", "unknown backend 'tensorflow'"),
     ("unknown model", "unknown model 'resnet999'"), ("bad input shape", "bad input shape '1x3xfoo'"),
-    ("bad shard", "bad shard '3/2'"), ("bad option", "must be positive"),
+    ("bad shard", "bad --shard '3/2'"), ("bad option", "must be positive"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(bad_cli_runs, case, words):
     returncode, stderr = bad_cli_runs[case]

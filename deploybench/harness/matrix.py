@@ -153,22 +153,27 @@ def plan_cells(specs: Iterable[ModelSpec], backends: Sequence[str], precisions: 
 
 
 def select_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
-    """The cells of shard ``index`` (0-based) of ``count``: chosen by a stable hash of ``cell.id``,
-    so the same cell lands in the same shard on every machine, and the shards partition the cells."""
-    if count < 1 or not 0 <= index < count:
-        raise DeployBenchError(f"shard {index}/{count} is out of range: use 0 <= index < count, e.g. 0/4")
-    return [c for c in cells if int(hashlib.sha256(c.id.encode()).hexdigest()[:16], 16) % count == index]
+    """The cells of shard ``index`` of ``count``, numbered from 1 as CI matrices number their jobs.
+
+    Chosen by a stable hash of ``cell.id``, so the same cell lands in the same shard on every
+    machine, and the shards partition the cells."""
+    if count < 1 or not 1 <= index <= count:
+        raise DeployBenchError(f"shard {index}/{count} is out of range: use 1 <= index <= count, e.g. 1/4")
+    return [c for c in cells if int(hashlib.sha256(c.id.encode()).hexdigest()[:16], 16) % count == index - 1]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """'1/4' -> (1, 4), with a one-line error for anything else."""
+    """'1/4' -> (1, 4): shard i of n, 1 <= i <= n; a one-line error for anything else.
+
+    The CLI's ``--shard`` and the pytest plugin's ``--shard`` both read it, so a CI matrix job
+    numbered i runs the same cells whichever of the two it calls."""
     index, _, count = str(text).partition("/")
     try:
         pair = int(index), int(count)
     except ValueError:
-        raise DeployBenchError(f"bad shard {text!r}: write index/count with 0 <= index < count, e.g. 0/4") from None
-    if pair[1] < 1 or not 0 <= pair[0] < pair[1]:
-        raise DeployBenchError(f"bad shard {text!r}: write index/count with 0 <= index < count, e.g. 0/4")
+        pair = (0, 0)
+    if pair[1] < 1 or not 1 <= pair[0] <= pair[1]:
+        raise DeployBenchError(f"bad --shard {text!r}: write i/n with 1 <= i <= n, e.g. 1/4")
     return pair
 
 
@@ -258,6 +263,10 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         result.conversion_s = artifact.conversion_s if artifact.conversion_s else \
             (0.0 if artifact.cached else time.perf_counter() - start)
         result.artifact_bytes = artifact.size_bytes if artifact.files and artifact.path.exists() else None
+        # What the gate's interleaved mode needs to run this cell again beside a newer one.
+        result.extra["model_ref"] = spec.ref
+        if artifact.files and artifact.path.exists():
+            result.extra["artifact_path"] = str(artifact.path)
         result.extra["artifact"] = _artifact_notes(artifact)
 
         if settings.memory:
@@ -505,7 +514,7 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
 
     ``models``: zoo names, refs (``file.py:factory``, an ``.onnx`` path), ``ModelSpec`` objects or
     ``nn.Module`` objects already wrapped by ``model_from_module``. ``shard=(index, count)`` runs one
-    0-based shard of the cells. Progress goes to stderr (tqdm) with the cell id as description.
+    shard of the cells, numbered from 1. Progress goes to stderr (tqdm) with the cell id as description.
     """
     from .machine import machine_info
     from .precision import make_reference

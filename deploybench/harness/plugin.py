@@ -66,10 +66,11 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[_STATE_KEY] = DeployBenchState(config)
     from ..spec import DeployBenchError
+    from .matrix import parse_shard
 
     try:  # bad option values stop the run before collection, with the fix in one line
         if config.getoption("shard", default=None):
-            parse_plugin_shard(config.getoption("shard"))
+            parse_shard(config.getoption("shard"))
         parse_tolerances(config.getoption("tolerance", default=[]))
     except DeployBenchError as exc:
         raise pytest.UsageError(f"deploybench: {exc}") from None
@@ -190,15 +191,14 @@ class DeployBenchState:
     def plan(self, extra_models) -> list:
         """The cells of this session (shard applied), planned once."""
         if self._planned is None:
-            from .matrix import plan_cells, select_shard
+            from .matrix import parse_shard, plan_cells, select_shard
 
             specs = self.load_specs(extra_models)
             cells = plan_cells(specs, self.list_option("backends", DEFAULT_BACKENDS),
                                self.list_option("precisions", DEFAULT_PRECISIONS))
             shard = self.config.getoption("shard", default=None)
             if shard:
-                index, count = parse_plugin_shard(shard)
-                cells = select_shard(cells, index - 1, count)
+                cells = select_shard(cells, *parse_shard(shard))
             self._planned = cells
         return self._planned
 
@@ -241,20 +241,6 @@ class DeployBenchState:
             except Exception:  # closing at exit must not mask the session's outcome
                 pass
         self.engines.clear()
-
-
-def parse_plugin_shard(text: str) -> tuple[int, int]:
-    """'1/2' -> (1, 2): 1-based like the shard numbers CI matrices use; one-line error otherwise."""
-    from ..spec import DeployBenchError
-
-    index, _, count = str(text).partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        i, n = 0, 0
-    if n < 1 or not 1 <= i <= n:
-        raise DeployBenchError(f"bad --shard {text!r}: write i/n with 1 <= i <= n, e.g. 1/4")
-    return i, n
 
 
 def _state(config) -> DeployBenchState:
@@ -576,5 +562,5 @@ def record_timing(result, samples_ms, stopped_by: str | None = None) -> None:
         result.extra["stopped_by"] = stopped_by
 
 
-__all__ = ["MARKERS", "DeployBenchState", "parse_plugin_shard", "parse_tolerances", "record_timing"]
+__all__ = ["MARKERS", "DeployBenchState", "parse_tolerances", "record_timing"]
 
