@@ -16,10 +16,13 @@ $(STAMP): constraints.txt pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# A real matrix on the built-in models: every (format, backend) cell, fp32, with speed, memory and accuracy.
+# A real matrix on the built-in models: every (format, backend) cell in fp32 and calibrated int8,
+# with speed, memory and accuracy; then the HTML report with plots.
+DEMO_MODELS ?= digits_cnn,resnet18,mobilenet_v3,tiny_transformer,shapes_detector
 demo: venv
-	$(VENV)/bin/deploybench run --models digits_cnn,resnet18,mobilenet_v3,tiny_transformer \
-		--backends torch,onnxruntime,openvino --precisions fp32 --output demo-results.json
+	$(VENV)/bin/deploybench run --models $(DEMO_MODELS) --backends torch,onnxruntime,openvino \
+		--precisions fp32,int8 --threads 2 --output demo-results.json
+	$(VENV)/bin/deploybench report demo-results.json --html demo-report.html --markdown demo-report.md
 
 # The fast path CI runs: tests of deploybench itself; slow matrix runs are marked and left out.
 test: venv

@@ -11,7 +11,8 @@ def test_precision(cell, engine, reference, inputs, model, deploybench_settings,
 
     accuracy = benchmark_precision(engine, reference, inputs, spec=model, dims=deploybench_settings.dims)
     deploybench_result.accuracy = accuracy
-    passed, message = check_tolerance(accuracy, cell.precision, deploybench_settings.tolerances.get(cell.precision))
+    passed, message = check_tolerance(accuracy, cell.precision, {**model.tolerances.get(cell.precision, {}),
+                                                          **deploybench_settings.tolerances.get(cell.precision, {})})
     deploybench_result.extra["tolerance"] = {"passed": passed, "message": message}
     would_pass = f"atol {accuracy.atol_to_pass:.3g}" if accuracy.atol_to_pass is not None else ""
     if accuracy.rtol_to_pass is not None:

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        ".deploybench-cache)")
     run.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run.add_argument("--verbose", action="store_true",
+                     help="keep the converters' own warnings and log lines (hidden by default)")
+    run.add_argument("--mlflow", metavar="URI", default=None,
+                     help="also log every cell as an MLflow run to this tracking URI (needs deploybench[mlflow])")
     run.set_defaults(handler=run_command)
 
     models = commands.add_parser("models", help="list the built-in model zoo",
@@ -164,6 +168,8 @@ def run_command(args: argparse.Namespace) -> int:
         if ref.endswith(".py"):
             raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
         specs.append(get_model(ref, shapes))
+    if not args.verbose:
+        _quiet_converters()
     matrix = run_deployment_benchmark(specs, backends=backends, precisions=precisions, settings=settings,
                                       progress=not args.no_progress, shard=shard,
                                       formats=parse_csv(args.formats) or None)
@@ -172,7 +178,27 @@ def run_command(args: argparse.Namespace) -> int:
     print(matrix.table())
     if args.output:
         print(f"\nwrote {args.output}")
+    if args.mlflow:
+        from .harness.mlflow_sink import log_matrix
+
+        run_ids = log_matrix(matrix.results, matrix.machine, args.mlflow, settings=matrix.settings)
+        print(f"logged {len(run_ids)} MLflow runs to {args.mlflow}")
     return EXIT_CELL_FAILED if matrix.failed else EXIT_OK
+
+
+def _quiet_converters() -> None:
+    """Hide the exporters' and quantizers' own warnings (per-op notes, deprecations, missing
+    torchvision ops) so the progress bar and the table stay readable; errors still show, and a
+    cell's failure reason carries its own message. ``--verbose`` keeps everything."""
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torch", "torch.onnx", "onnxscript", "nncf", "openvino", "coremltools", "absl", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def models_command(args: argparse.Namespace) -> int:

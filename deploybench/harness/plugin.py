@@ -122,7 +122,7 @@ class DeployBenchState:
         self._settings = None
         self.specs: dict[str, Any] = {}
         self.inputs: dict[str, dict] = {}
-        self.references: dict[str, dict] = {}
+        self.references: dict[str, Any] = {}  # model name -> precision.Reference
         self.artifacts: dict[str, Any] = {}  # cell id -> Artifact or ("skip"|"fail", reason)
         self.engines: dict[str, Any] = {}
         self.pending: dict[str, int] = {}  # cell id -> tests of it not yet torn down
@@ -235,12 +235,13 @@ class DeployBenchState:
                 engine.close()
 
     def close_all(self) -> None:
-        for engine in self.engines.values():
+        for runner in [*self.engines.values(), *self.references.values()]:
             try:
-                engine.close()
+                runner.close()
             except Exception:  # closing at exit must not mask the session's outcome
                 pass
         self.engines.clear()
+        self.references.clear()
 
 
 def _state(config) -> DeployBenchState:
@@ -388,12 +389,14 @@ def inputs(model, deploybench_state):
 
 
 @pytest.fixture
-def reference(model, inputs, deploybench_state):
-    """The fp32 reference outputs (PyTorch eager, or the artifact's own fp32 run) on ``inputs``."""
+def reference(model, deploybench_state):
+    """The fp32 reference of ``model`` (PyTorch eager, or the artifact's own fp32 run): a callable
+    ``inputs -> outputs`` named after what it runs, made once per model, the same one
+    ``deploybench run`` uses, so a cell is judged alike inside and outside pytest."""
     if model.name not in deploybench_state.references:
-        from .precision import reference_outputs
+        from .precision import make_reference
 
-        deploybench_state.references[model.name] = reference_outputs(model, inputs)
+        deploybench_state.references[model.name] = make_reference(model)
     return deploybench_state.references[model.name]
 
 
