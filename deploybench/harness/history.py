@@ -6,7 +6,6 @@ a stored file is never modified; a malformed one is reported in one line and ski
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import DeployBenchError, Result
+from ._files import read_json
 
 _RUN_NAME = re.compile(r"^(?P<id>\d{4})_(?P<rest>.*)$")
 
@@ -41,10 +41,7 @@ class StoredRun:
 
 
 def _read_run(path: Path, machine: str) -> StoredRun:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DeployBenchError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    data = read_json(path, "stored run", "it is skipped; delete or restore it")
     if not isinstance(data, dict) or not ("benchmarks" in data or "cells" in data):
         raise DeployBenchError(f"{path}: neither a pytest-benchmark file ('benchmarks') nor a deploybench run ('cells')")
     match = _RUN_NAME.match(path.stem)

@@ -418,14 +418,9 @@ class Matrix:
     @classmethod
     def load(cls, path: str | Path) -> Matrix:
         """Read a matrix saved by ``save``; raises a one-line ``DeployBenchError`` for a missing or malformed file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DeployBenchError(f"matrix file {path} does not exist") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DeployBenchError(f"matrix file {path} is not valid JSON ({exc}); regenerate it with "
-                                   "`deploybench run --output`") from None
+        from ._files import read_json
+
+        data = read_json(path, "matrix file", "regenerate it with `deploybench run --output`")
         return cls.from_dict(data, source=f"matrix file {path}")
 
     def table(self) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import DeployBenchError
+from ._files import read_json
 
 SCHEMA = "deploybench.matrix/1"
 _CELL_KEYS = ("model", "format", "backend", "precision")
@@ -36,14 +37,8 @@ def _load(source: Any, index: int) -> tuple[str, dict[str, Any]]:
     """(name used in messages, matrix dict) from a path, a dict, or a Matrix-like object."""
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise DeployBenchError(f"cannot merge {str(path)!r}: no such file; pass JSON files written by "
-                                   "`deploybench run --output` or pytest --deploybench-json")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise DeployBenchError(f"cannot merge {str(path)!r}: not valid JSON ({first}); write it again") from None
+        data = read_json(path, "results file to merge", "pass JSON files written by `deploybench run --output` "
+                                                         "or pytest --deploybench-json")
         name = str(path)
     elif isinstance(source, Mapping):
         data, name = dict(source), f"input #{index + 1}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import html
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,15 +32,11 @@ def load_results_file(path: str | Path) -> tuple[list[Result], dict[str, Any], d
     Returns (results, machine, settings). A merged file's cells keep their ``machine_id`` in
     ``Result.extra["machine_id"]``; its machine is the ``machines`` mapping.
     """
+    from ._files import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise DeployBenchError(f"results file {str(path)!r} does not exist; pass a JSON written by "
-                               "`deploybench run`, `deploybench merge` or pytest --benchmark-json")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeployBenchError(f"results file {str(path)!r} is not valid JSON ({_first_line(exc)}); "
-                               "re-run `deploybench run --output` to write it again") from None
+    data = read_json(path, "results file", "pass a JSON written by `deploybench run --output`, "
+                                           "`deploybench merge` or pytest --benchmark-json")
     try:
         return results_from_json(data)
     except DeployBenchError as exc:
