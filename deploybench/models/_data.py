@@ -174,3 +174,39 @@ def scale_classifier_head(module, head, images: np.ndarray, logit_std: float = 2
 # while the outputs still agree (cosine 0.997-0.999). Top-1 agreement there measures tie-breaking,
 # not accuracy: judge their int8 cells on the error figures and report top-1 agreement unjudged.
 UNTRAINED_HEAD_TOLERANCES = {"int8": {"top1_agreement": None}}
+
+
+def image_classifier_spec(name: str, network_fn, head_of, recipe: dict, description: str):
+    """A zoo ``ModelSpec`` for an ImageNet-architecture network written from code.
+
+    Its weights are seeded (``network_fn`` initialises them), its BatchNorm statistics estimated on
+    real photo crops and its head (``head_of(network)``, the last Linear) scaled so the logits spread
+    like a trained model's; all of it made once and cached under ``recipe``'s hash. Input ``image``
+    (batch × 3 × size × size, ImageNet-normalised), output ``logits``; no eval set (the class scores
+    carry no meaning); calibration data are crops of the same real photos.
+    """
+    from ..spec import ModelSpec, TensorSpec
+
+    def make_weights() -> dict:
+        import torch
+
+        torch.manual_seed(recipe["init_seed"])
+        network = network_fn()
+        images = real_images(recipe["bn_images"], recipe["image_size"], recipe["bn_image_seed"])
+        estimate_batchnorm_statistics(network, images, recipe["bn_batch"])
+        scale_classifier_head(network, head_of(network), images, recipe["logit_std"], recipe["bn_batch"])
+        return network.state_dict()
+
+    def build():
+        network = network_fn()
+        network.load_state_dict(cached_weights(name, recipe, make_weights))
+        return network.eval()
+
+    def calibration_data(n: int) -> list[dict]:
+        return image_calibration_data(n, recipe["image_size"])
+
+    size = recipe["image_size"]
+    return ModelSpec(name=name, inputs=(TensorSpec("image", ("batch", 3, size, size), "float32"),), factory=build,
+                     output_names=("logits",), task="classification", dims={"batch": 1}, eval_data=None,
+                     calibration_data=calibration_data, description=description,
+                     task_config={"num_classes": 1000}, tolerances=UNTRAINED_HEAD_TOLERANCES)

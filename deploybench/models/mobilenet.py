@@ -8,9 +8,8 @@ crops, the same recipe as ``resnet18``; the class scores carry no meaning (no ev
 
 from __future__ import annotations
 
-from ..spec import ModelSpec, TensorSpec
-from ._data import (cached_weights, estimate_batchnorm_statistics, image_calibration_data, real_images,
-                    scale_classifier_head, UNTRAINED_HEAD_TOLERANCES)
+from ..spec import ModelSpec
+from ._data import image_classifier_spec
 
 WEIGHTS_RECIPE = {
     "model": "mobilenet_v3", "version": 1, "init_seed": 0, "init": "torchvision_mobilenet_v3",
@@ -118,44 +117,10 @@ def mobilenet_v3_network(num_classes: int = 1000):
     return MobileNetV3()
 
 
-def _make_weights() -> dict:
-    import torch
-
-    recipe = WEIGHTS_RECIPE
-    torch.manual_seed(recipe["init_seed"])
-    network = mobilenet_v3_network()
-    images = real_images(recipe["bn_images"], recipe["image_size"], recipe["bn_image_seed"])
-    estimate_batchnorm_statistics(network, images, recipe["bn_batch"])
-    scale_classifier_head(network, network.classifier[-1], images, recipe["logit_std"], recipe["bn_batch"])
-    return network.state_dict()
-
-
-def build_mobilenet_v3():
-    """MobileNetV3-Small in eval mode with seeded weights and real-image BatchNorm statistics (cached on disk)."""
-    network = mobilenet_v3_network()
-    network.load_state_dict(cached_weights("mobilenet_v3", WEIGHTS_RECIPE, _make_weights))
-    return network.eval()
-
-
-def calibration_data(n: int) -> list[dict]:
-    """Up to ``n`` real photo crops ``{"image": float32 1×3×224×224}``, ImageNet-normalised."""
-    return image_calibration_data(n, WEIGHTS_RECIPE["image_size"])
-
-
 def mobilenet_v3() -> ModelSpec:
     """The zoo entry: the spec is cheap; weights are made or loaded only by ``spec.build()``."""
-    return ModelSpec(
-        name="mobilenet_v3",
-        inputs=(TensorSpec("image", ("batch", 3, 224, 224), "float32"),),
-        factory=build_mobilenet_v3,
-        output_names=("logits",),
-        task="classification",
-        dims={"batch": 1},
-        eval_data=None,
-        calibration_data=calibration_data,
+    return image_classifier_spec(
+        "mobilenet_v3", mobilenet_v3_network, lambda network: network.classifier[-1], WEIGHTS_RECIPE,
         description=("MobileNetV3-Small (2.5 M parameters, ~60 MFLOPs at 224x224: depthwise convs, hardswish, "
                      "squeeze-excitation), seeded weights with BatchNorm statistics from real photo crops; "
-                     "class scores are not meaningful (no eval set)"),
-        task_config={"num_classes": 1000},
-        tolerances=UNTRAINED_HEAD_TOLERANCES,
-    )
+                     "class scores are not meaningful (no eval set)"))

@@ -8,9 +8,8 @@ no meaning, which is why the spec has no eval set.
 
 from __future__ import annotations
 
-from ..spec import ModelSpec, TensorSpec
-from ._data import (cached_weights, estimate_batchnorm_statistics, image_calibration_data, real_images,
-                    scale_classifier_head, UNTRAINED_HEAD_TOLERANCES)
+from ..spec import ModelSpec
+from ._data import image_classifier_spec
 
 WEIGHTS_RECIPE = {
     "model": "resnet18", "version": 1, "init_seed": 0, "init": "kaiming_normal_fan_out",
@@ -76,43 +75,9 @@ def resnet18_network(num_classes: int = 1000):
     return ResNet()
 
 
-def _make_weights() -> dict:
-    import torch
-
-    recipe = WEIGHTS_RECIPE
-    torch.manual_seed(recipe["init_seed"])
-    network = resnet18_network()
-    images = real_images(recipe["bn_images"], recipe["image_size"], recipe["bn_image_seed"])
-    estimate_batchnorm_statistics(network, images, recipe["bn_batch"])
-    scale_classifier_head(network, network.fc, images, recipe["logit_std"], recipe["bn_batch"])
-    return network.state_dict()
-
-
-def build_resnet18():
-    """ResNet-18 in eval mode with seeded weights and real-image BatchNorm statistics (cached on disk)."""
-    network = resnet18_network()
-    network.load_state_dict(cached_weights("resnet18", WEIGHTS_RECIPE, _make_weights))
-    return network.eval()
-
-
-def calibration_data(n: int) -> list[dict]:
-    """Up to ``n`` real photo crops ``{"image": float32 1×3×224×224}``, ImageNet-normalised."""
-    return image_calibration_data(n, WEIGHTS_RECIPE["image_size"])
-
-
 def resnet18() -> ModelSpec:
     """The zoo entry: the spec is cheap; weights are made or loaded only by ``spec.build()``."""
-    return ModelSpec(
-        name="resnet18",
-        inputs=(TensorSpec("image", ("batch", 3, 224, 224), "float32"),),
-        factory=build_resnet18,
-        output_names=("logits",),
-        task="classification",
-        dims={"batch": 1},
-        eval_data=None,
-        calibration_data=calibration_data,
+    return image_classifier_spec(
+        "resnet18", resnet18_network, lambda network: network.fc, WEIGHTS_RECIPE,
         description=("ResNet-18 (11.7 M parameters, 1.8 GFLOPs at 224x224), seeded weights with BatchNorm "
-                     "statistics from real photo crops; class scores are not meaningful (no eval set)"),
-        task_config={"num_classes": 1000},
-        tolerances=UNTRAINED_HEAD_TOLERANCES,
-    )
+                     "statistics from real photo crops; class scores are not meaningful (no eval set)"))
