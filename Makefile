@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all test-mlflow bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest tests
+
+# The MLflow sink against a real local tracking server (adds the [mlflow] extra to .venv).
+test-mlflow: venv
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[mlflow]'
+	$(PY) -m pytest tests/test_mlflow_sink.py -p no:cacheprovider
 
 bench: venv
 	$(PY) -m pytest benchmarks --models digits_cnn,resnet18 --backends torch,onnxruntime,openvino --benchmark-autosave
