@@ -33,3 +33,38 @@ def test_readme_api_example_runs_and_prints_the_matrix(tmp_path, conversion_cach
                  "torch +torch +fp32"):
         assert re.search(cell + r".* ok", out), f"{cell} missing or not ok in:\n{out}"
     assert "speed-up" in out
+
+
+def project_files() -> dict[str, str]:
+    """README blocks whose first line names a file (``# conftest.py``): a user's project, verbatim."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return {b.splitlines()[0][2:]: b for b in blocks if re.fullmatch(r"# \w+\.py", b.splitlines()[0])}
+
+
+def run_pytest(project: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEPLOYBENCH_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_readme_user_project_measures_its_cells_and_gates_a_slower_model(tmp_path, conversion_cache):
+    files = project_files()
+    assert set(files) == {"conftest.py", "test_deploy.py"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    first = run_pytest(tmp_path, conversion_cache, "--backends", "onnxruntime", "--deploybench-json", "base.json")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert "3 passed" in first.stdout  # speed, memory and precision of my_net-onnx-onnxruntime-fp32
+    from deploybench.harness.matrix import Matrix
+
+    (cell,) = Matrix.load(tmp_path / "base.json").results
+    assert cell.cell.id == "my_net-onnx-onnxruntime-fp32" and cell.ok
+    assert cell.latency_ms.n >= 30 and cell.peak_rss_mb > 0 and cell.accuracy.max_abs_error < 1e-4
+
+    # the same model made 16x wider: the in-session gate must call it a regression and exit 1
+    conftest = tmp_path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace("model_from_module(build_net(),", "model_from_module(build_net(256),"))
+    second = run_pytest(tmp_path, conversion_cache, "--backends", "onnxruntime", "--deploybench-gate", "base.json")
+    assert second.returncode == 1, second.stdout[-3000:]
+    assert re.search(r"my_net-onnx-onnxruntime-fp32\s+latency\s+regression", second.stdout)
