@@ -9,6 +9,8 @@ stays stable.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import hashlib
 import json
@@ -210,3 +212,21 @@ def image_classifier_spec(name: str, network_fn, head_of, recipe: dict, descript
                      output_names=("logits",), task="classification", dims={"batch": 1}, eval_data=None,
                      calibration_data=calibration_data, description=description,
                      task_config={"num_classes": 1000}, tolerances=UNTRAINED_HEAD_TOLERANCES)
+
+
+@contextlib.contextmanager
+def one_training_thread():
+    """Train the zoo's networks on one thread, then give the caller back its thread count.
+
+    One thread sums floats in one order, so a recipe gives the same weights (and the same cache
+    key's contents) on every machine; and on a busy 2-core machine two OpenMP threads wait on each
+    other ~10x longer than one works alone.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

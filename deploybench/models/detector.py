@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..spec import ModelSpec, TensorSpec
-from ._data import cached_weights
+from ._data import cached_weights, one_training_thread
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 INPUT_SIZE = 128
@@ -193,10 +193,7 @@ def train_detector(recipe: dict, log: bool = False) -> dict:
     import torch
 
     torch.manual_seed(recipe["seed"])
-    previous_threads = torch.get_num_threads()
-    # One thread: on a shared, busy 2-core machine two OpenMP threads wait on each other ~10x longer.
-    torch.set_num_threads(1)
-    try:
+    with one_training_thread():
         if recipe["steps"] == 0:  # the seeded, untrained network (tests of the pipeline, not of accuracy)
             return detector_network(recipe["width"]).state_dict()
         images, truths = generate_shapes(recipe["train_images"], recipe["seed"])
@@ -243,8 +240,6 @@ def train_detector(recipe: dict, log: bool = False) -> dict:
                       f"iou {iou_loss.item():.3f} {time.perf_counter() - start:.0f}s", flush=True)
         net.eval()
         return net.state_dict()
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def trained_detector(steps: int = DEFAULT_STEPS, width: int = DEFAULT_WIDTH, train_images: int = 4000):

@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from ..spec import ModelSpec, TensorSpec
-from ._data import cached_weights
+from ._data import cached_weights, one_training_thread
 
 # Pixel values of load_digits are 0..16; the network sees (x / 16 - MEAN) / STD, with MEAN and STD
 # measured once on the training split (rounded, so they are constants of the recipe).
@@ -64,9 +64,7 @@ def _train() -> dict:
     import torch
 
     recipe = TRAINING_RECIPE
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same float sums, so the same weights, on every machine
-    try:
+    with one_training_thread():
         torch.manual_seed(recipe["seed"])
         network = digits_network()
         train_x, train_y, _, _ = _split()
@@ -85,8 +83,6 @@ def _train() -> dict:
                 optimizer.step()
             scheduler.step()
         return network.state_dict()
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def build_digits_cnn():

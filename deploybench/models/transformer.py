@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import ModelSpec, TensorSpec
-from ._data import cached_weights
+from ._data import cached_weights, one_training_thread
 
 VOCAB = 16
 MAX_LENGTH = 128
@@ -115,9 +115,7 @@ def _train() -> dict:
     import torch
 
     recipe = TRAINING_RECIPE
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same float sums, so the same weights, on every machine
-    try:
+    with one_training_thread():
         torch.manual_seed(recipe["seed"])
         network = _network_from_recipe()
         optimizer = torch.optim.AdamW(network.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
@@ -132,8 +130,6 @@ def _train() -> dict:
             optimizer.step()
             scheduler.step()
         return network.state_dict()
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def build_tiny_transformer():
