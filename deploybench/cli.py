@@ -18,13 +18,13 @@ EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Subcommands owned by other modules: name -> (module, add-arguments function, command function, help).
 LAZY_COMMANDS = {
-    "gate": ("deploybench.harness.gate", "add_gate_arguments", "gate_command",
+    "gate": ("deploybench.harness.gate.verdict", "add_gate_arguments", "gate_command",
              "fail (exit 1) when a run regressed against a baseline in speed, memory or accuracy"),
-    "history": ("deploybench.harness.history", "add_history_arguments", "history_command",
+    "history": ("deploybench.harness.results.history", "add_history_arguments", "history_command",
                 "show the stored runs of this machine and the trend of each cell"),
-    "report": ("deploybench.harness.report", "add_report_arguments", "report_command",
+    "report": ("deploybench.harness.report.render", "add_report_arguments", "report_command",
                "write a Markdown or HTML report (with plots) of a results file"),
-    "merge": ("deploybench.harness.merge", "add_merge_arguments", "merge_command",
+    "merge": ("deploybench.harness.results.merge", "add_merge_arguments", "merge_command",
               "merge the results files of several shards or machines into one"),
 }
 
@@ -144,8 +144,8 @@ def _unavailable(name: str):
 
 def run_command(args: argparse.Namespace) -> int:
     """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise."""
-    from .harness.matrix import RunSettings, parse_shard, run_deployment_benchmark
-    from .models import get_model
+    from deploybench.harness.pipeline.matrix import RunSettings, parse_shard, run_deployment_benchmark
+    from deploybench.models import get_model
 
     shapes = [parse_shape(text) for text in args.input_shape] if args.input_shape else None
     refs = parse_csv(args.models)
@@ -160,7 +160,7 @@ def run_command(args: argparse.Namespace) -> int:
                            min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time),
                            timeout_s=args.timeout, memory=not args.no_memory, cache_dir=args.cache_dir)
     # Checked before any model is built, so a typo costs nothing.
-    from .harness.matrix import _check_backends
+    from deploybench.harness.pipeline.matrix import _check_backends
 
     _check_backends(backends)
     specs = []
@@ -179,7 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.output:
         print(f"\nwrote {args.output}")
     if args.mlflow:
-        from .harness.mlflow_sink import log_matrix
+        from deploybench.harness.report.mlflow_sink import log_matrix
 
         run_ids = log_matrix(matrix.results, matrix.machine, args.mlflow, settings=matrix.settings)
         print(f"logged {len(run_ids)} MLflow runs to {args.mlflow}")
@@ -205,7 +205,7 @@ def models_command(args: argparse.Namespace) -> int:
     """``deploybench models``: the zoo, one row per model."""
     from tabulate import tabulate
 
-    from .models import MODELS, get_model
+    from deploybench.models import MODELS, get_model
 
     rows = []
     for name in MODELS.names():
@@ -224,7 +224,7 @@ def backends_command(args: argparse.Namespace) -> int:
     """``deploybench backends``: each backend, available or why not, formats and precisions."""
     from tabulate import tabulate
 
-    from .engines import ENGINES, engine_class
+    from deploybench.engines import ENGINES, engine_class
 
     rows = []
     for name in ENGINES.names():

@@ -44,8 +44,8 @@ def firing_detector_spec() -> ModelSpec:
 
 @pytest.mark.onnxruntime
 def test_run_cell_of_a_detector_reports_map_agreement_and_end_to_end_latency():
-    from deploybench.harness.matrix import RunSettings, run_cell
-    from deploybench.harness.report import markdown_report, terminal_table
+    from deploybench.harness.pipeline.matrix import RunSettings, run_cell
+    from deploybench.harness.report.render import markdown_report, terminal_table
 
     spec = firing_detector_spec()
     result = run_cell(spec, Cell(spec.name, "onnx", "onnxruntime", "fp32"), RunSettings(threads=1, **FAST))
@@ -79,7 +79,7 @@ def test_run_cell_of_a_detector_reports_map_agreement_and_end_to_end_latency():
 
 
 def test_detection_tolerance_judges_the_map_drop_not_the_raw_outputs():
-    from deploybench.harness.precision import DETECTION_TOLERANCES, check_tolerance
+    from deploybench.harness.measure.accuracy import DETECTION_TOLERANCES, check_tolerance
 
     assert set(DETECTION_TOLERANCES) == {"fp32", "fp16", "bf16", "int8"}
     # raw box outputs in pixels miss fp32's atol 1e-4, but the detections (and so the mAP) are the same
@@ -104,7 +104,7 @@ def _result(model: str, backend: str, precision: str, extra: dict) -> Result:
 
 
 def test_reports_show_detector_columns_only_for_detectors():
-    from deploybench.harness.report import html_report, markdown_report, terminal_table
+    from deploybench.harness.report.render import html_report, markdown_report, terminal_table
 
     detector = _result("det", "onnxruntime", "int8", {
         "detection": {"map50": 0.90, "map50_95": 0.61, "map50_drop": 0.012}, "e2e_ms": 3.25})
@@ -123,7 +123,7 @@ def test_reports_show_detector_columns_only_for_detectors():
 
 def test_shapes_detector_plans_every_compatible_cell():
     from deploybench.engines import engine_class
-    from deploybench.harness.matrix import plan_cells
+    from deploybench.harness.pipeline.matrix import plan_cells
     from deploybench.models import get_model
 
     spec = get_model("shapes_detector")
@@ -142,8 +142,8 @@ def test_shapes_detector_plans_every_compatible_cell():
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
 def test_trained_detector_matrix_keeps_fp32_map_and_reports_the_int8_drop():
-    from deploybench.harness.matrix import RunSettings, run_deployment_benchmark
-    from deploybench.harness.report import terminal_table
+    from deploybench.harness.pipeline.matrix import RunSettings, run_deployment_benchmark
+    from deploybench.harness.report.render import terminal_table
     from deploybench.models import get_model
 
     spec = get_model("shapes_detector")
@@ -177,7 +177,7 @@ def test_trained_detector_matrix_keeps_fp32_map_and_reports_the_int8_drop():
 def test_trained_detector_predicts_equal_detections_on_torch_onnxruntime_and_openvino():
     from deploybench.converters import deploy_model
     from deploybench.engines import backend_availability, create_deployer
-    from deploybench.harness.detection_quality import held_out_images
+    from deploybench.harness.measure.detection import held_out_images
     from deploybench.models import get_model
 
     spec = get_model("shapes_detector")

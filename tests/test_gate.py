@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploybench.harness.gate import (INCONCLUSIVE, REGRESSION, UNCHANGED, GateSettings, compare_interleaved,
+from deploybench.harness.gate.verdict import (INCONCLUSIVE, REGRESSION, UNCHANGED, GateSettings, compare_interleaved,
                                       compare_two_runs, compare_with_history, gate_command, gate_results, main,
                                       median_ci, parse_accuracy_thresholds, parse_fraction)
 from deploybench.spec import Accuracy, Cell, Result
@@ -27,7 +27,7 @@ def _samples(median_ms: float, n: int = 400, seed: int = 0, spread: float = 0.03
 
 def _run_file(path: Path, samples: list[float], peak_rss_mb: float = 100.0, accuracy: dict | None = None) -> Path:
     result = Result(cell=CELL, samples_ms=samples, peak_rss_mb=peak_rss_mb, accuracy=Accuracy(**(accuracy or {})))
-    from deploybench.harness.stats import latency_stats
+    from deploybench.harness.measure.stats import latency_stats
 
     result.latency_ms = latency_stats(samples)
     path.write_text(json.dumps({"schema": "deploybench.matrix/1", "machine": {}, "cells": [result.to_dict()]}))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deploybench.harness.history import find_run, history_command, list_runs
+from deploybench.harness.results.history import find_run, history_command, list_runs
 
 pytest_plugins = ["pytester"]
 

@@ -10,9 +10,9 @@ import pytest
 
 from deploybench.converters import deploy_model
 from deploybench.engines import backend_availability, create_deployer
-from deploybench.harness.matrix import RunSettings, plan_cells, run_cell, run_deployment_benchmark
-from deploybench.harness.precision import make_reference, task_metric
-from deploybench.harness.report import terminal_table
+from deploybench.harness.pipeline.matrix import RunSettings, plan_cells, run_cell, run_deployment_benchmark
+from deploybench.harness.measure.accuracy import make_reference, task_metric
+from deploybench.harness.report.render import terminal_table
 from deploybench.models import get_model, model_spec
 from deploybench.spec import Cell
 
@@ -121,7 +121,7 @@ def test_coreml_and_tensorrt_cells_are_skips_with_reasons_not_failures(small_cnn
 
 def test_a_model_can_switch_off_a_criterion_that_means_nothing_for_it():
     """resnet18's untrained head makes top-1 agreement a tie-break; its int8 cells are judged on error figures."""
-    from deploybench.harness.precision import check_tolerance
+    from deploybench.harness.measure.accuracy import check_tolerance
     from deploybench.models import get_model
     from deploybench.spec import Accuracy
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from deploybench.harness import merge, report
-from deploybench.harness.matrix import Matrix, select_shard
+from deploybench.harness.results import merge
+from deploybench.harness.report import render as report
+from deploybench.harness.pipeline.matrix import Matrix, select_shard
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 
 

@@ -16,7 +16,7 @@ from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Res
 
 
 def test_missing_mlflow_is_one_line_with_the_fix(monkeypatch):
-    from deploybench.harness import mlflow_sink
+    from deploybench.harness.report import mlflow_sink
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     with pytest.raises(DeployBenchError, match=r"pip install deploybench\[mlflow\]"):
@@ -76,7 +76,7 @@ def _ok(model: str, backend: str, median: float, peak: float, error: float, metr
 def test_log_matrix_to_a_real_tracking_server(tracking_server):
     from mlflow import MlflowClient
 
-    from deploybench.harness.mlflow_sink import log_matrix
+    from deploybench.harness.report.mlflow_sink import log_matrix
 
     results = [_ok("digits_cnn", "onnxruntime", 0.25, 180.0, 2e-6, 0.975),
                _ok("digits_cnn", "openvino", 0.5, 260.0, 3e-5, 0.97),

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from deploybench.harness import report
+from deploybench.harness.report import render as report
 from deploybench.spec import Accuracy, Cell, LatencyStats, Result
 
 EVIL = "<script>alert(1)</script>"
@@ -117,7 +117,7 @@ def test_history_marks_the_slower_run_as_regression():
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    from deploybench.harness.plots import pareto_front
+    from deploybench.harness.report.plots import pareto_front
 
     points = [(1.0, 0.90), (2.0, 0.95), (3.0, 0.93), (0.5, 0.80), (4.0, 0.99)]
     assert pareto_front(points, higher_is_better=True) == [3, 0, 1, 4]

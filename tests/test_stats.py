@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploybench.harness.stats import is_unstable, latency_stats, median_ratio_ci, percentile
+from deploybench.harness.measure.stats import is_unstable, latency_stats, median_ratio_ci, percentile
 from deploybench.spec import DeployBenchError, LatencyStats
 
 samples_strategy = st.lists(st.floats(min_value=0.001, max_value=1e4, allow_nan=False, allow_infinity=False),
@@ -121,7 +121,7 @@ def test_median_ratio_ci_rejects_bad_arguments():
 
 
 # ---- precision metrics on hand-made arrays ---------------------------------------------------------
-from deploybench.harness.precision import (TOLERANCES, check_tolerance, compare_outputs,  # noqa: E402
+from deploybench.harness.measure.accuracy import (TOLERANCES, check_tolerance, compare_outputs,  # noqa: E402
                                            cosine_similarity, top1_agreement)
 from deploybench.spec import Accuracy  # noqa: E402
 

@@ -11,8 +11,8 @@ import pytest
 
 from deploybench.converters import deploy_model
 from deploybench.engines import create_deployer
-from deploybench.harness.memory import CHILD_PLUGIN_ENV, benchmark_memory_usage
-from deploybench.harness.timing import STOPPED_BY_MAX_SAMPLES, STOPPED_BY_MAX_TIME, STOPPED_BY_RULES, \
+from deploybench.harness.measure.memory import CHILD_PLUGIN_ENV, benchmark_memory_usage
+from deploybench.harness.measure.timing import STOPPED_BY_MAX_SAMPLES, STOPPED_BY_MAX_TIME, STOPPED_BY_RULES, \
     benchmark_inference
 from deploybench.spec import Artifact, DeployBenchError, TensorSpec
 

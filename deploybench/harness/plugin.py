@@ -65,8 +65,8 @@ def pytest_configure(config):
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[_STATE_KEY] = DeployBenchState(config)
-    from ..spec import DeployBenchError
-    from .matrix import parse_shard
+    from deploybench.spec import DeployBenchError
+    from deploybench.harness.pipeline.matrix import parse_shard
 
     try:  # bad option values stop the run before collection, with the fix in one line
         if config.getoption("shard", default=None):
@@ -97,7 +97,7 @@ def _pyproject_defaults(config) -> dict[str, Any]:
 
 def parse_tolerances(entries) -> dict[str, dict[str, float]]:
     """['int8:top1=0.97', 'fp16:cosine=0.999'] -> {'int8': {'top1_agreement': 0.97}, ...}."""
-    from ..spec import DeployBenchError
+    from deploybench.spec import DeployBenchError
 
     tolerances: dict[str, dict[str, float]] = {}
     for entry in entries or ():
@@ -142,7 +142,7 @@ class DeployBenchState:
     def settings(self):
         """The ``RunSettings`` every cell of the session is measured with."""
         if self._settings is None:
-            from .matrix import RunSettings
+            from deploybench.harness.pipeline.matrix import RunSettings
 
             timeout = self.option("cell_timeout")
             cache = self.option("deploybench_cache")
@@ -154,7 +154,7 @@ class DeployBenchState:
         return self._settings
 
     def model_refs(self) -> list[str]:
-        from ..spec import parse_csv
+        from deploybench.spec import parse_csv
 
         explicit = self.config.getoption("models", default=None)
         if explicit is not None:
@@ -162,14 +162,14 @@ class DeployBenchState:
         return parse_csv(_pyproject_defaults(self.config).get("models"))
 
     def list_option(self, name: str, fallback) -> list[str]:
-        from ..spec import parse_csv
+        from deploybench.spec import parse_csv
 
         return parse_csv(self.option(name)) or list(fallback)
 
     # ---- models and cells ---------------------------------------------------------------
     def load_specs(self, extra_models) -> list:
         """ModelSpecs of --models / [tool.deploybench] models plus the ``deploybench_models`` fixture's."""
-        from ..models import get_model, resolve_ref
+        from deploybench.models import get_model, resolve_ref
 
         refs = self.model_refs()
         specs = []
@@ -191,7 +191,7 @@ class DeployBenchState:
     def plan(self, extra_models) -> list:
         """The cells of this session (shard applied), planned once."""
         if self._planned is None:
-            from .matrix import parse_shard, plan_cells, select_shard
+            from deploybench.harness.pipeline.matrix import parse_shard, plan_cells, select_shard
 
             specs = self.load_specs(extra_models)
             cells = plan_cells(specs, self.list_option("backends", DEFAULT_BACKENDS),
@@ -205,10 +205,10 @@ class DeployBenchState:
     # ---- per-cell objects -----------------------------------------------------------------
     def result(self, cell):
         """The session's ``Result`` of ``cell``: speed, memory and precision tests fill its parts."""
-        from ..spec import Result
+        from deploybench.spec import Result
 
         if cell.id not in self.results:
-            from .matrix import _rebuildable_ref
+            from deploybench.harness.pipeline.matrix import _rebuildable_ref
 
             spec = self.specs.get(cell.model)
             result = Result(cell=cell)
@@ -254,8 +254,8 @@ def _state(config) -> DeployBenchState:
 
 def _user_models(metafunc) -> list:
     """ModelSpecs from a ``deploybench_models`` fixture visible to this test (its conftest.py)."""
-    from ..models import model_spec
-    from ..spec import DeployBenchError, ModelSpec
+    from deploybench.models import model_spec
+    from deploybench.spec import DeployBenchError, ModelSpec
 
     manager = metafunc.config.pluginmanager.get_plugin("funcmanage")
     definitions = None
@@ -293,7 +293,7 @@ def _user_models(metafunc) -> list:
 def pytest_generate_tests(metafunc):
     if "cell" not in metafunc.fixturenames:
         return
-    from ..spec import DeployBenchError
+    from deploybench.spec import DeployBenchError
 
     state = _state(metafunc.config)
     try:
@@ -394,14 +394,14 @@ def reference(model, deploybench_state):
     ``inputs -> outputs`` named after what it runs, made once per model, the same one
     ``deploybench run`` uses, so a cell is judged alike inside and outside pytest."""
     if model.name not in deploybench_state.references:
-        from .precision import make_reference
+        from deploybench.harness.measure.accuracy import make_reference
 
         deploybench_state.references[model.name] = make_reference(model)
     return deploybench_state.references[model.name]
 
 
 def _one_line(exc: BaseException) -> str:
-    from ..spec import DeployBenchError
+    from deploybench.spec import DeployBenchError
 
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
@@ -429,8 +429,8 @@ def artifact(cell, model, deploybench_state):
 
 
 def _convert_cell(cell, model, state):
-    from ..engines import backend_availability, engine_class
-    from .matrix import _convert, _is_unsupported_precision
+    from deploybench.engines import backend_availability, engine_class
+    from deploybench.harness.pipeline.matrix import _convert, _is_unsupported_precision
 
     try:
         available, detail = backend_availability(cell.backend)
@@ -460,8 +460,8 @@ def engine(cell, model, artifact, inputs, deploybench_state):
     """A loaded ``InferenceEngine`` of the cell, built once and closed after the cell's last test."""
     state = deploybench_state
     if cell.id not in state.engines:
-        from ..engines import create_deployer
-        from .timing import time_first_inference
+        from deploybench.engines import create_deployer
+        from deploybench.harness.measure.timing import time_first_inference
 
         options = {"module": model.build()} if cell.format == "torch" else {}
         try:
@@ -469,7 +469,7 @@ def engine(cell, model, artifact, inputs, deploybench_state):
                                     threads=state.settings.threads, **options)
             _, first_ms = time_first_inference(built, inputs)
         except Exception as exc:
-            from .matrix import _is_unsupported_precision
+            from deploybench.harness.pipeline.matrix import _is_unsupported_precision
 
             reason = _one_line(exc)
             if _is_unsupported_precision(exc, cell.precision):
@@ -489,8 +489,8 @@ def engine(cell, model, artifact, inputs, deploybench_state):
 # ---------------------------------------------------------------------------------------------
 
 def _session_matrix(state):
-    from .machine import machine_info
-    from .matrix import Matrix
+    from deploybench.harness.measure.machine import machine_info
+    from deploybench.harness.pipeline.matrix import Matrix
 
     return Matrix(results=list(state.results.values()), machine=machine_info(),
                   settings={"source": "pytest", **state.settings.to_dict()})
@@ -508,8 +508,8 @@ def pytest_sessionfinish(session, exitstatus):
         _session_matrix(state).save(path)
     baseline = session.config.getoption("deploybench_gate", default=None)
     if baseline:
-        from ..spec import DeployBenchError
-        from .gate import GateSettings, gate_results, has_regression, load_run
+        from deploybench.spec import DeployBenchError
+        from deploybench.harness.gate.verdict import GateSettings, gate_results, has_regression, load_run
 
         try:
             base_results, _ = load_run(baseline)
@@ -529,11 +529,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     results = list(state.results.values())
     terminalreporter.section("deploybench matrix")
     try:
-        from .report import terminal_table
+        from deploybench.harness.report.render import terminal_table
 
         table = terminal_table(results)
     except Exception:  # the report module is optional here: fall back to the plain table
-        from .matrix import plain_table
+        from deploybench.harness.pipeline.matrix import plain_table
 
         table = plain_table(results)
     terminalreporter.write_line(table)
@@ -543,7 +543,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if state.gate_error:
         terminalreporter.write_line(f"deploybench gate: {state.gate_error}", red=True)
     elif config.getoption("deploybench_gate", default=None):
-        from .gate import has_regression, verdict_table
+        from deploybench.harness.gate.verdict import has_regression, verdict_table
 
         terminalreporter.section("deploybench gate")
         terminalreporter.write_line(verdict_table(state.verdicts) if state.verdicts else
@@ -554,7 +554,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 def record_timing(result, samples_ms, stopped_by: str | None = None) -> None:
     """Put latency samples (ms) into a session Result (used by the speed benchmark)."""
-    from .stats import is_unstable, latency_stats
+    from deploybench.harness.measure.stats import is_unstable, latency_stats
 
     if not samples_ms:
         return

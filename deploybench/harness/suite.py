@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .plugin import record_timing
+from deploybench.harness.plugin import record_timing
 
 
 # ---- speed ----------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def test_speed(benchmark, engine, inputs, cell, deploybench_settings, deploybenc
     record_timing(deploybench_result, samples_ms)
     result = deploybench_result
     if samples_ms:
-        from deploybench.harness.timing import batch_size_of
+        from deploybench.harness.measure.timing import batch_size_of
 
         result.throughput_ips = len(samples_ms) * batch_size_of(inputs) * 1e3 / sum(samples_ms)
     benchmark.extra_info.update({
@@ -73,7 +73,7 @@ _MACHINE: dict = {}
 
 def _machine() -> dict:
     if not _MACHINE:
-        from deploybench.harness.machine import machine_info
+        from deploybench.harness.measure.machine import machine_info
 
         _MACHINE.update(machine_info())
     return _MACHINE
@@ -82,7 +82,7 @@ def _machine() -> dict:
 # ---- memory ---------------------------------------------------------------------------------
 @pytest.mark.memory
 def test_memory(cell, model, artifact, inputs, deploybench_settings, deploybench_result):
-    from deploybench.harness.matrix import _measure_memory
+    from deploybench.harness.pipeline.matrix import _measure_memory
 
     stopped = _measure_memory(model, cell, artifact, deploybench_settings, inputs, deploybench_result)
     if stopped:  # the child crashed (signal named in the reason) or ran past --cell-timeout
@@ -96,7 +96,7 @@ def test_memory(cell, model, artifact, inputs, deploybench_settings, deploybench
 # ---- precision ------------------------------------------------------------------------------
 @pytest.mark.precision
 def test_precision(cell, engine, reference, inputs, model, deploybench_settings, deploybench_result):
-    from deploybench.harness.precision import benchmark_precision, check_tolerance
+    from deploybench.harness.measure.accuracy import benchmark_precision, check_tolerance
 
     accuracy = benchmark_precision(engine, reference, inputs, spec=model, dims=deploybench_settings.dims)
     deploybench_result.accuracy = accuracy

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..spec import DeployBenchError, LatencyStats
+from deploybench.spec import DeployBenchError, LatencyStats
 
 # A run is unstable when the middle half of its samples spreads over more than 10 % of the
 # median (the median itself then moves by a few percent between runs, which is the size of the

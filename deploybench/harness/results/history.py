@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError, Result
-from ._files import read_json
+from deploybench.spec import DeployBenchError, Result
+from deploybench.harness.results.io import read_json
 
 _RUN_NAME = re.compile(r"^(?P<id>\d{4})_(?P<rest>.*)$")
 
@@ -35,7 +35,7 @@ class StoredRun:
 
     def results(self) -> list[Result]:
         """The run's cells as ``Result`` objects, rebuilt from each benchmark's ``extra_info`` (or the run JSON)."""
-        from .report import results_from_json
+        from deploybench.harness.report.render import results_from_json
 
         return results_from_json(self.data)[0]
 

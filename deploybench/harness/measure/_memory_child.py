@@ -1,4 +1,4 @@
-"""The child process of ``benchmark_memory_usage``: ``python -m deploybench.harness._memory_child request.json``.
+"""The child process of ``benchmark_memory_usage``: ``python -m deploybench.harness.measure._memory_child request.json``.
 
 It writes ``result.json`` with the figures, or with status "failed" and a one-line reason for a
 Python exception; a crash or a hang is seen by the parent from the exit signal or the clock.

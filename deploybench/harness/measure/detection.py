@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError, ModelSpec
+from deploybench.spec import DeployBenchError, ModelSpec
 
 # Images timed end to end per cell: enough for a stable median of a per-image figure, few enough
 # that a slow post-processing step does not dominate the run.
@@ -25,7 +25,7 @@ Infer = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 def _detections_of(infer: Infer, inputs: Mapping[str, np.ndarray], count: int, config: Mapping[str, Any]
                    ) -> tuple[list, list]:
     """(detections at the evaluation score threshold, detections at the deployment threshold) per image."""
-    from ..tasks.detection import postprocess
+    from deploybench.tasks.detection import postprocess
 
     eval_threshold = float(config.get("eval_score_threshold", 0.05))
     deploy_threshold = float(config.get("score_threshold", 0.3))
@@ -39,7 +39,7 @@ def _detections_of(infer: Infer, inputs: Mapping[str, np.ndarray], count: int, c
 
 def _reference_side(reference: Infer, spec: ModelSpec, inputs, truths, count: int) -> dict[str, Any]:
     """The reference's detections and mAP, kept on the reference object: every cell of a model shares them."""
-    from ..tasks.metrics import mean_average_precision
+    from deploybench.tasks.metrics import mean_average_precision
 
     key = (spec.name, count)
     cache = getattr(reference, "_detection_quality_cache", None)
@@ -64,7 +64,7 @@ def detection_quality(infer: Infer, reference: Infer, spec: ModelSpec, limit: in
     "mean_iou", "mean_score_delta", "score_threshold"}}``. A drop is reference minus cell (positive:
     the cell is worse). Agreement compares detections at the model's deployment ``score_threshold``.
     """
-    from ..tasks.metrics import detection_agreement, mean_average_precision
+    from deploybench.tasks.metrics import detection_agreement, mean_average_precision
 
     if spec.eval_data is None:
         raise DeployBenchError(f"detector {spec.name!r} has no held-out data (eval_data); give its ModelSpec an "
@@ -118,7 +118,7 @@ def end_to_end_latency(engine: Any, spec: ModelSpec, images: int = E2E_IMAGES,
     Returns ``{"e2e_ms": median per-image total, "stage_ms": {"preprocess", "inference", "postprocess"}
     (median of each), "e2e_images": images timed}``, all in milliseconds.
     """
-    from ..tasks import predict_timed
+    from deploybench.tasks import predict_timed
 
     pictures = held_out_images(spec, images)
     if warmup_images:

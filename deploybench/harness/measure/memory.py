@@ -1,6 +1,6 @@
 """Peak memory of loading and running one artifact, measured in a fresh child process.
 
-The child (``python -m deploybench.harness._memory_child``) imports the backend library, records
+The child (``python -m deploybench.harness.measure._memory_child``) imports the backend library, records
 the baseline RSS of that idle interpreter, loads the artifact, runs inference, and reports the
 peak RSS (the kernel's high-water mark: VmHWM on Linux, else ``getrusage(RUSAGE_SELF).ru_maxrss``,
 and psutil samples after load and after each run). A fresh process per cell keeps
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact, DeployBenchError
+from deploybench.spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact, DeployBenchError
 
 # A file path (or several joined by os.pathsep) the child runs before anything else, so a test or a
 # third party can register an engine that only exists in their code.
@@ -104,7 +104,7 @@ def _artifact_payload(artifact: Artifact) -> dict[str, Any]:
 def _run_child(work_dir: Path, timeout_s: float) -> Memory:
     import time
 
-    command = [sys.executable, "-m", "deploybench.harness._memory_child", str(work_dir / "request.json")]
+    command = [sys.executable, "-m", "deploybench.harness.measure._memory_child", str(work_dir / "request.json")]
     start = time.perf_counter()
     # A session of its own, so a timeout kills the child and anything it started (compiler workers).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..spec import DeployBenchError
-from ._files import read_json
+from deploybench.spec import DeployBenchError
+from deploybench.harness.results.io import read_json
 
 SCHEMA = "deploybench.matrix/1"
 _CELL_KEYS = ("model", "format", "backend", "precision")

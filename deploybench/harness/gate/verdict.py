@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError, Result
+from deploybench.spec import DeployBenchError, Result
 
 REGRESSION, IMPROVEMENT, UNCHANGED, INCONCLUSIVE = "regression", "improvement", "unchanged", "inconclusive"
 MODE_INTERLEAVED, MODE_HISTORY, MODE_TWO_RUN = "interleaved", "history", "two-run"
@@ -178,7 +178,7 @@ def compare_interleaved(block_ratios: Sequence[float], threshold: float = DEFAUL
 
 
 def _unstable(samples: Sequence[float]) -> bool:
-    from .stats import is_unstable, latency_stats
+    from deploybench.harness.measure.stats import is_unstable, latency_stats
 
     return len(samples) >= 5 and is_unstable(latency_stats(samples))
 
@@ -281,9 +281,9 @@ def interleave_until_decided(run_baseline: Callable[[], Any], run_current: Calla
 
 def _engine_for(result: Result, threads: int | None):
     """A loaded engine and seeded inputs for the artifact a Result measured (rebuilt if not on disk)."""
-    from ..converters import artifact_from_path, deploy_model
-    from ..engines import create_deployer
-    from ..models import resolve_ref
+    from deploybench.converters import artifact_from_path, deploy_model
+    from deploybench.engines import create_deployer
+    from deploybench.models import resolve_ref
 
     extra = result.extra or {}
     path = extra.get("artifact_path")
@@ -447,10 +447,10 @@ def load_run(ref: str, storage: str | Path = ".benchmarks") -> tuple[list[Result
     """(results, path) of a pytest-benchmark JSON, a ``deploybench run`` JSON, or a storage id like ``0001``."""
     path = Path(ref)
     if not path.is_file() and ref.isdigit():
-        from .history import find_run
+        from deploybench.harness.results.history import find_run
 
         path = find_run(ref, storage)
-    from .report import load_results_file
+    from deploybench.harness.report.render import load_results_file
 
     results, _machine, _settings = load_results_file(path)
     return results, path
@@ -462,7 +462,7 @@ def history_medians(storage: str | Path, exclude: Iterable[Path] = (), machine: 
 
     With ``machine``, only that machine's runs count: another machine's speed is not drift.
     """
-    from .history import list_runs
+    from deploybench.harness.results.history import list_runs
 
     skip = {Path(p).resolve() for p in exclude}
     medians: dict[str, list[float]] = {}
@@ -477,7 +477,7 @@ def history_medians(storage: str | Path, exclude: Iterable[Path] = (), machine: 
 
 
 def _machine_of(path: Path, storage: str | Path) -> str | None:
-    from .history import list_runs
+    from deploybench.harness.results.history import list_runs
 
     for run in list_runs(path, warn=False):
         folder = Path(path).resolve().parent

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..spec import DeployBenchError
+from deploybench.spec import DeployBenchError
 
 
 def read_json(path: str | Path, what: str, fix: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
+from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 
 BEST_MARK = "★"
 UNSTABLE_MARK = "~"
@@ -32,7 +32,7 @@ def load_results_file(path: str | Path) -> tuple[list[Result], dict[str, Any], d
     Returns (results, machine, settings). A merged file's cells keep their ``machine_id`` in
     ``Result.extra["machine_id"]``; its machine is the ``machines`` mapping.
     """
-    from ._files import read_json
+    from deploybench.harness.results.io import read_json
 
     path = Path(path)
     data = read_json(path, "results file", "pass a JSON written by `deploybench run --output`, "
@@ -567,7 +567,7 @@ def _verdicts_html(verdicts: Iterable[Any]) -> str:
 
 
 def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] | None) -> str:
-    from . import plots
+    from deploybench.harness.report import plots
 
     parts = [f"<h2>{_e(label)}</h2>"]
     if machine:
@@ -614,9 +614,9 @@ def _history_runs(history: Any) -> list[tuple[str, list[Result]]]:
         return []
     if isinstance(history, (str, Path)):
         try:
-            from .history import list_runs
+            from deploybench.harness.results.history import list_runs
         except ImportError:
-            raise DeployBenchError("--history needs deploybench.harness.history, which is missing here; "
+            raise DeployBenchError("--history needs deploybench.harness.results.history, which is missing here; "
                                    "drop --history or update deploybench") from None
         history = list_runs(str(history))
     runs = []
@@ -660,7 +660,7 @@ def _regressed_cells(baseline: Sequence[Result], current: Sequence[Result]) -> s
     if not baseline:
         return set()
     try:
-        from . import gate
+        from deploybench.harness.gate import verdict as gate
     except ImportError:
         gate = None
     compare = getattr(gate, "gate_results", None) if gate else None
@@ -693,7 +693,7 @@ def html_report(runs: Sequence[tuple[str, Sequence[Result], Mapping[str, Any] | 
     median latency across the ``history`` runs (StoredRun objects, (label, results) pairs or a storage
     path) with regressions marked. Gate ``verdicts`` come first when given. A plain list of Results
     is one run (with ``machine``)."""
-    from . import plots
+    from deploybench.harness.report import plots
 
     runs = list(runs)
     if runs and isinstance(runs[0], Result):  # one run given as its results
@@ -774,8 +774,8 @@ def _gate_verdicts(baseline_path: str, current: Sequence[Result]) -> list[Any]:
     """Verdicts of the regression gate (``harness/gate.py``) of ``current`` against the baseline file."""
     baseline, _, _ = load_results_file(baseline_path)
     try:
-        from . import gate
+        from deploybench.harness.gate import verdict as gate
     except ImportError:
-        raise DeployBenchError("--gate needs deploybench.harness.gate, which is not installed here; "
+        raise DeployBenchError("--gate needs deploybench.harness.gate.verdict, which is not installed here; "
                                "drop --gate or update deploybench") from None
     return list(gate.gate_results(list(baseline), list(current)))

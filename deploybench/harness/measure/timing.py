@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError, LatencyStats
-from .stats import is_unstable, latency_stats
+from deploybench.spec import DeployBenchError, LatencyStats
+from deploybench.harness.measure.stats import is_unstable, latency_stats
 
 STOPPED_BY_RULES, STOPPED_BY_MAX_SAMPLES, STOPPED_BY_MAX_TIME = "rules", "max_samples", "max_time_s"
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..spec import DeployBenchError, Result
+from deploybench.spec import DeployBenchError, Result
 
 _STATUS_TO_MLFLOW = {"ok": "FINISHED", "skipped": "FINISHED", "failed": "FAILED", "timeout": "FAILED"}
 _MAX_TAG = 5000

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..spec import (BACKEND_FORMATS, FORMAT_BACKENDS, PRECISIONS, STATUS_FAILED, STATUS_SKIPPED,
+from deploybench.spec import (BACKEND_FORMATS, FORMAT_BACKENDS, PRECISIONS, STATUS_FAILED, STATUS_SKIPPED,
                     STATUS_TIMEOUT, Cell, DeployBenchError, ModelSpec, PrecisionNotSupported, Result)
 
 SCHEMA = "deploybench.matrix/1"
@@ -94,7 +94,7 @@ class RunSettings:
 # ---- planning -------------------------------------------------------------------------------------
 def _engine_precisions(backend: str) -> tuple[str, ...] | None:
     """The precisions the backend's engine class offers, or None when its module cannot be imported."""
-    from ..engines import engine_class
+    from deploybench.engines import engine_class
 
     try:
         return tuple(engine_class(backend).precisions)
@@ -105,7 +105,7 @@ def _engine_precisions(backend: str) -> tuple[str, ...] | None:
 
 
 def _check_backends(backends: Sequence[str]) -> None:
-    from ..engines import ENGINES
+    from deploybench.engines import ENGINES
 
     known = ENGINES.names()
     for backend in backends:
@@ -197,7 +197,7 @@ def _is_unsupported_precision(exc: BaseException, precision: str) -> bool:
 
 def _rebuildable_ref(spec: ModelSpec) -> str | None:
     """The ref a fresh process can rebuild the PyTorch model from, or None (a module made in memory)."""
-    from ..models import MODELS
+    from deploybench.models import MODELS
 
     ref = spec.ref or ""
     return ref if ref in MODELS.names() or ".py:" in ref else None
@@ -213,7 +213,7 @@ def _artifact_notes(artifact) -> dict[str, Any]:
 
 
 def _convert(spec: ModelSpec, cell: Cell, settings: RunSettings):
-    from ..converters import deploy_model, torch_artifact
+    from deploybench.converters import deploy_model, torch_artifact
 
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
@@ -228,7 +228,7 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
     or hang ends the cell as ``failed`` / ``timeout``), then in-process load, first inference,
     steady-state latency and accuracy against ``reference`` (made from ``spec`` when None).
     """
-    from ..engines import backend_availability, engine_class
+    from deploybench.engines import backend_availability, engine_class
 
     settings = settings or RunSettings()
     result = Result(cell=cell)
@@ -274,9 +274,9 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
             if stop:
                 return result
 
-        from ..engines import create_deployer
-        from .precision import check_tolerance, make_reference
-        from .timing import benchmark_inference, time_first_inference
+        from deploybench.engines import create_deployer
+        from deploybench.harness.measure.accuracy import check_tolerance, make_reference
+        from deploybench.harness.measure.timing import benchmark_inference, time_first_inference
 
         options = {"module": spec.build()} if cell.format == "torch" else {}
         engine = create_deployer(artifact, backend=cell.backend, precision=cell.precision,
@@ -294,7 +294,7 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
         if spec.task == "detection":
             _time_end_to_end(engine, spec, result)
 
-        from .precision import benchmark_precision
+        from deploybench.harness.measure.accuracy import benchmark_precision
 
         if reference is None:
             reference = own_reference = make_reference(spec)
@@ -328,7 +328,7 @@ def run_cell(spec: ModelSpec, cell: Cell, settings: RunSettings | None = None, r
 def _time_end_to_end(engine, spec: ModelSpec, result: Result) -> None:
     """A detector's latency end to end (pre + inference + post) and per stage into ``result.extra``; a
     failure there is recorded as ``extra["e2e_error"]``: the inference figures already measured stand."""
-    from .detection_quality import end_to_end_latency
+    from deploybench.harness.measure.detection import end_to_end_latency
 
     try:
         result.extra.update(end_to_end_latency(engine, spec))
@@ -338,13 +338,13 @@ def _time_end_to_end(engine, spec: ModelSpec, result: Result) -> None:
 
 def _measure_memory(spec: ModelSpec, cell: Cell, artifact, settings: RunSettings, inputs, result: Result) -> bool:
     """Run the memory child and fill ``result``; True when the cell must stop (the child crashed or hung)."""
-    from .memory import benchmark_memory_usage
+    from deploybench.harness.measure.memory import benchmark_memory_usage
 
     model_ref = _rebuildable_ref(spec) if cell.format == "torch" else None
     if cell.format == "torch" and model_ref is None and not artifact.path.exists():
         # A module built in this process (a test, a notebook) cannot be rebuilt by a fresh one:
         # the child loads its torch.export program instead.
-        from ..converters import deploy_model
+        from deploybench.converters import deploy_model
 
         try:
             exported = deploy_model(spec, "torch", output_dir=settings.cache_dir, precision="fp32")
@@ -418,7 +418,7 @@ class Matrix:
     @classmethod
     def load(cls, path: str | Path) -> Matrix:
         """Read a matrix saved by ``save``; raises a one-line ``DeployBenchError`` for a missing or malformed file."""
-        from ._files import read_json
+        from deploybench.harness.results.io import read_json
 
         data = read_json(path, "matrix file", "regenerate it with `deploybench run --output`")
         return cls.from_dict(data, source=f"matrix file {path}")
@@ -426,14 +426,14 @@ class Matrix:
     def table(self) -> str:
         """The matrix as a terminal table (the report module's, or a plain fallback)."""
         try:
-            from .report import terminal_table
+            from deploybench.harness.report.render import terminal_table
         except ImportError:
             return plain_table(self.results)
         return terminal_table(self.results, machine=self.machine)
 
     def _repr_html_(self) -> str:
         try:
-            from .report import html_report
+            from deploybench.harness.report.render import html_report
             return html_report(self.results, machine=self.machine)
         except Exception:  # the report module is optional here; a notebook still gets a table
             from tabulate import tabulate
@@ -488,7 +488,7 @@ def plain_table(results: Sequence[Result]) -> str:
 
 
 def _as_specs(models, input_shapes=None) -> list[ModelSpec]:
-    from ..models import get_model, model_spec
+    from deploybench.models import get_model, model_spec
 
     if isinstance(models, (str, Path, ModelSpec)) or not isinstance(models, Iterable):
         models = [models]
@@ -511,8 +511,8 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
     ``nn.Module`` objects already wrapped by ``model_from_module``. ``shard=(index, count)`` runs one
     shard of the cells, numbered from 1. Progress goes to stderr (tqdm) with the cell id as description.
     """
-    from .machine import machine_info
-    from .precision import make_reference
+    from deploybench.harness.measure.machine import machine_info
+    from deploybench.harness.measure.accuracy import make_reference
 
     settings = settings or RunSettings()
     specs = _as_specs(models)

@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..spec import Result
+from deploybench.spec import Result
 
 # Colour per backend, so one backend reads the same in every plot.
 BACKEND_COLORS = {

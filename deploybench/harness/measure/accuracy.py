@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import Accuracy, DeployBenchError, ModelSpec
+from deploybench.spec import Accuracy, DeployBenchError, ModelSpec
 
 # Relative errors divide by max(|reference|, REL_ERROR_FLOOR * max|reference of that output|):
 # an element a thousand times smaller than the output's largest magnitude (a logit near zero)
@@ -101,8 +101,8 @@ def make_reference(spec: ModelSpec) -> Reference:
             return torch_outputs(module, inputs, names, spec.input_names)
 
         return Reference(torch_eager, "torch fp32 eager")
-    from ..converters import artifact_from_path
-    from ..engines import create_deployer
+    from deploybench.converters import artifact_from_path
+    from deploybench.engines import create_deployer
 
     engine = create_deployer(artifact_from_path(spec.source_path), precision="fp32")
     return Reference(engine.infer, f"{engine.backend} fp32 ({spec.source_format} file)", engine.close)
@@ -221,7 +221,7 @@ def task_metric(infer: Infer, spec: ModelSpec) -> dict[str, Any] | None:
     if spec.eval_data is None:
         return None
     try:
-        from ..tasks import evaluate
+        from deploybench.tasks import evaluate
     except ImportError:
         evaluate = None
     if evaluate is not None:
@@ -271,7 +271,7 @@ def held_out_samples(spec: ModelSpec | None, samples: int = AGREEMENT_SAMPLES) -
         count = min(samples, min(len(a) for a in inputs.values()))
         return [{name: array[i:i + 1] for name, array in inputs.items()} for i in range(count)]
     if spec.calibration_data is not None:
-        from ..converters.calibration import DEFAULT_SAMPLES
+        from deploybench.converters.calibration import DEFAULT_SAMPLES
 
         return [dict(s) for s in list(spec.calibration_data(DEFAULT_SAMPLES + samples))[DEFAULT_SAMPLES:]]
     return []
@@ -343,7 +343,7 @@ def benchmark_precision(engine, reference_outputs: Mapping[str, np.ndarray] | Ca
             got, want = _pair_outputs(actual, expected)[first]
             accuracy.top1_agreement = top1_agreement(got, want)
     if spec is not None and spec.task == "detection" and reference_run is not None and spec.eval_data is not None:
-        from .detection_quality import detection_quality
+        from deploybench.harness.measure.detection import detection_quality
 
         figures = detection_quality(engine.infer, reference_run, spec)
         accuracy.metric, accuracy.metric_value = "map50", figures["detection"]["map50"]
