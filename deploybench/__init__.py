@@ -32,8 +32,8 @@ _LAZY = {
     "benchmark_memory_usage": "deploybench.harness.measure.memory",
     "benchmark_precision": "deploybench.harness.measure.accuracy",
     "run_deployment_benchmark": "deploybench.harness.pipeline.matrix",
-    "compare_backends": "deploybench.harness.pipeline.matrix",
-    "Matrix": "deploybench.harness.pipeline.matrix",
+    "compare_backends": "deploybench.harness.pipeline.compare",
+    "Matrix": "deploybench.harness.results.matrix",
     "Detections": "deploybench.tasks.detection",
     "Classifications": "deploybench.tasks.classification",
 }

@@ -318,22 +318,63 @@ class Accuracy:
 
 
 @dataclass
+class ToleranceCheck:
+    """Whether a cell's accuracy met its precision's tolerance, and the figures that decided it."""
+
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "message": self.message}
+
+
+# The pipeline stages, in order: a cell that did not end ``ok`` names the stage that stopped it.
+STAGES = ("resolve", "reference", "availability", "convert", "memory", "load", "first_inference", "time",
+          "accuracy")
+
+# Typed fields that results files of deploybench 0.1.0 kept in ``extra``: read from there when absent.
+_FIELDS_ONCE_IN_EXTRA = ("backend_version", "precision_ran", "stopped_by", "warmup_count", "load_rss_mb",
+                         "model_ref", "artifact_path", "seed", "machine_id")
+
+
+@dataclass
 class Result:
-    """What one cell measured. ``status`` is ok / skipped / failed / timeout, with ``reason``."""
+    """What one cell measured. ``status`` is ok / skipped / failed / timeout, with ``reason`` and the
+    ``stage`` of the pipeline that ended it.
+
+    ``throughput_ips`` is items per second over the wall time of the timed loop (batch x calls /
+    seconds), the same figure from every entry point. ``model_ref``, ``artifact_path`` and ``seed``
+    are what a later process needs to measure this cell again (the gate's interleaved re-run).
+    ``isolation`` says where the model code ran: ``worker`` (a process of its own) or
+    ``in-process: <why>``. ``extra`` holds backend-specific notes for people (what the runtime
+    or the converter did); nothing reads it back.
+    """
 
     cell: Cell
     status: str = STATUS_OK
     reason: str = ""
+    stage: str = ""
     latency_ms: LatencyStats | None = None
     throughput_ips: float | None = None
     load_ms: float | None = None
     first_inference_ms: float | None = None
     peak_rss_mb: float | None = None
     baseline_rss_mb: float | None = None
+    load_rss_mb: float | None = None
     artifact_bytes: int | None = None
     conversion_s: float | None = None
     accuracy: Accuracy | None = None
+    tolerance: ToleranceCheck | None = None
     unstable: bool = False
+    stopped_by: str | None = None
+    warmup_count: int | None = None
+    backend_version: str | None = None
+    precision_ran: str | None = None
+    model_ref: str | None = None
+    artifact_path: str | None = None
+    seed: int = 0
+    machine_id: str | None = None
+    isolation: str = ""
     samples_ms: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -341,23 +382,23 @@ class Result:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
+    @property
+    def passes_accuracy(self) -> bool:
+        """False when the accuracy check ran and missed its tolerance; True when it passed or did not run."""
+        return self.tolerance is None or self.tolerance.passed
+
+    def not_run(self, status: str, stage: str, reason: str) -> Result:
+        """Mark the cell skipped / failed / timeout at ``stage`` with a one-line ``reason``; returns self."""
+        self.status, self.stage, self.reason = status, stage, reason
+        return self
+
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
-        data = {
-            **self.cell.to_dict(),
-            "status": self.status,
-            "reason": self.reason,
-            "latency_ms": self.latency_ms.to_dict() if self.latency_ms else None,
-            "throughput_ips": self.throughput_ips,
-            "load_ms": self.load_ms,
-            "first_inference_ms": self.first_inference_ms,
-            "peak_rss_mb": self.peak_rss_mb,
-            "baseline_rss_mb": self.baseline_rss_mb,
-            "artifact_bytes": self.artifact_bytes,
-            "conversion_s": self.conversion_s,
-            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
-            "unstable": self.unstable,
-            "extra": self.extra,
-        }
+        data = {**self.cell.to_dict()}
+        for f in dataclasses.fields(self):
+            if f.name in ("cell", "samples_ms"):
+                continue
+            value = getattr(self, f.name)
+            data[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
         if with_samples:
             data["samples_ms"] = list(self.samples_ms)
         return _finite(data)
@@ -365,18 +406,21 @@ class Result:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Result:
         cell = Cell(data["model"], data["format"], data["backend"], data["precision"])
-        latency = data.get("latency_ms")
-        accuracy = data.get("accuracy")
-        return cls(
-            cell=cell, status=data.get("status", STATUS_OK), reason=data.get("reason", ""),
-            latency_ms=LatencyStats(**latency) if latency else None,
-            throughput_ips=data.get("throughput_ips"), load_ms=data.get("load_ms"),
-            first_inference_ms=data.get("first_inference_ms"), peak_rss_mb=data.get("peak_rss_mb"),
-            baseline_rss_mb=data.get("baseline_rss_mb"), artifact_bytes=data.get("artifact_bytes"),
-            conversion_s=data.get("conversion_s"),
-            accuracy=Accuracy(**accuracy) if accuracy else None, unstable=bool(data.get("unstable")),
-            samples_ms=list(data.get("samples_ms") or []), extra=dict(data.get("extra") or {}),
-        )
+        extra = dict(data.get("extra") or {})
+        latency, accuracy, tolerance = data.get("latency_ms"), data.get("accuracy"), data.get("tolerance")
+        if tolerance is None and isinstance(extra.get("tolerance"), Mapping):
+            tolerance = extra.pop("tolerance")
+        known = {f.name for f in dataclasses.fields(cls)} - {"cell", "latency_ms", "accuracy", "tolerance", "extra"}
+        values = {name: data[name] for name in known if data.get(name) is not None}
+        for name in _FIELDS_ONCE_IN_EXTRA:
+            if name not in values and extra.get(name) is not None:
+                values[name] = extra.pop(name)
+        if "samples_ms" in values:
+            values["samples_ms"] = list(values["samples_ms"])
+        return cls(cell=cell, latency_ms=LatencyStats(**latency) if latency else None,
+                   accuracy=Accuracy(**accuracy) if accuracy else None,
+                   tolerance=ToleranceCheck(bool(tolerance.get("passed")), str(tolerance.get("message", "")))
+                   if tolerance else None, extra=extra, **values)
 
 
 def _finite(value):

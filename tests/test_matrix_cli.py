@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from deploybench.converters import deploy_model
-from deploybench.harness.pipeline.matrix import (SCHEMA, Matrix, RunSettings, compare_backends, parse_shard, plan_cells,
+from deploybench.harness.pipeline.compare import compare_backends
+from deploybench.harness.pipeline.matrix import (SCHEMA, Matrix, RunSettings, parse_shard, plan_cells,
                                         run_cell, select_shard)
 from deploybench.models import model_from_artifact
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from deploybench.spec import (BACKEND_FORMATS, FORMAT_BACKENDS, PRECISIONS, STATUS_FAILED, STATUS_SKIPPED,
                     STATUS_TIMEOUT, Cell, DeployBenchError, ModelSpec, PrecisionNotSupported, Result)
 
-SCHEMA = "deploybench.matrix/1"
+from deploybench.harness.results.matrix import SCHEMA, Matrix, plain_table  # noqa: F401 - re-exported
 
 # Formats a bring-your-own artifact can be converted to, besides running as it is.
 ARTIFACT_CONVERSIONS: dict[str, tuple[str, ...]] = {"onnx": ("openvino", "tensorrt")}
@@ -363,130 +359,6 @@ def _measure_memory(spec: ModelSpec, cell: Cell, artifact, settings: RunSettings
     return False
 
 
-# ---- the matrix -----------------------------------------------------------------------------------
-def _version() -> str:
-    import deploybench
-
-    return deploybench.__version__
-
-
-@dataclass
-class Matrix:
-    """All results of a run, the machine and the settings: save/load as JSON, show as a table."""
-
-    results: list[Result]
-    machine: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    deploybench_version: str = field(default_factory=_version)
-
-    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
-        """The JSON document: schema, deploybench_version, created, machine, settings, cells."""
-        return {"schema": SCHEMA, "deploybench_version": self.deploybench_version, "created": self.created,
-                "machine": self.machine, "settings": self.settings,
-                "cells": [r.to_dict(with_samples=with_samples) for r in self.results]}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the JSON to ``path`` atomically (a temporary file renamed over it) and return the path."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.to_dict(), stream, indent=1, default=str, allow_nan=False)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "matrix") -> Matrix:
-        """A ``Matrix`` from its JSON document; a one-line error for a document of another kind."""
-        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA or not isinstance(data.get("cells"), list):
-            raise DeployBenchError(f"{source} is not a deploybench matrix (expected schema {SCHEMA!r} and a "
-                                   "'cells' list); write it with `deploybench run --output`")
-        try:
-            results = [Result.from_dict(cell) for cell in data["cells"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeployBenchError(f"{source} has a malformed cell ({type(exc).__name__}: {exc}); "
-                                   "regenerate it with `deploybench run --output`") from None
-        return cls(results=results, machine=dict(data.get("machine") or {}),
-                   settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
-                   deploybench_version=str(data.get("deploybench_version", "")))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Matrix:
-        """Read a matrix saved by ``save``; raises a one-line ``DeployBenchError`` for a missing or malformed file."""
-        from deploybench.harness.results.io import read_json
-
-        data = read_json(path, "matrix file", "regenerate it with `deploybench run --output`")
-        return cls.from_dict(data, source=f"matrix file {path}")
-
-    def table(self) -> str:
-        """The matrix as a terminal table (the report module's, or a plain fallback)."""
-        try:
-            from deploybench.harness.report.render import terminal_table
-        except ImportError:
-            return plain_table(self.results)
-        return terminal_table(self.results, machine=self.machine)
-
-    def _repr_html_(self) -> str:
-        try:
-            from deploybench.harness.report.render import html_report
-            return html_report(self.results, machine=self.machine)
-        except Exception:  # the report module is optional here; a notebook still gets a table
-            from tabulate import tabulate
-
-            return tabulate(_rows(self.results), headers="keys", tablefmt="html")
-
-    def best(self, model: str | None = None) -> Result | None:
-        """The ok cell with the lowest median latency (of ``model`` when given), or None."""
-        candidates = [r for r in self.results if r.ok and r.latency_ms
-                      and (model is None or r.cell.model == model)]
-        return min(candidates, key=lambda r: r.latency_ms.median, default=None)
-
-    def problems(self) -> list[Result]:
-        """Cells that did not run ok (skipped, failed, timeout), in run order."""
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def failed(self) -> bool:
-        """True when any cell failed or timed out (skips are not failures)."""
-        return any(r.status in (STATUS_FAILED, STATUS_TIMEOUT) for r in self.results)
-
-
-def _rows(results: Sequence[Result]) -> list[dict[str, Any]]:
-    rows = []
-    for r in results:
-        lat, acc = r.latency_ms, r.accuracy
-        rows.append({
-            "model": r.cell.model, "format": r.cell.format, "backend": r.cell.backend, "precision": r.cell.precision,
-            "status": r.status,
-            "median ms": f"{lat.median:.3f}" if lat else "",
-            "p90 ms": f"{lat.p90:.3f}" if lat else "",
-            "ips": f"{r.throughput_ips:.1f}" if r.throughput_ips else "",
-            "load ms": f"{r.load_ms:.0f}" if r.load_ms is not None else "",
-            "peak MB": f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "",
-            "size KB": f"{r.artifact_bytes / 1024:.0f}" if r.artifact_bytes else "",
-            "max abs err": f"{acc.max_abs_error:.2e}" if acc and acc.max_abs_error is not None else "",
-            "metric": f"{acc.metric} {acc.metric_value:.4f}" if acc and acc.metric_value is not None else "",
-        })
-    return rows
-
-
-def plain_table(results: Sequence[Result]) -> str:
-    """A tabulate table of the results: one row per cell with latency, memory, size and error."""
-    from tabulate import tabulate
-
-    text = tabulate(_rows(results), headers="keys", tablefmt="simple")
-    problems = [r for r in results if not r.ok]
-    if problems:
-        text += f"\n\nnot run ({len(problems)}):\n" + "\n".join(
-            f"  {r.status:8} {r.cell.id}: {r.reason}" for r in problems)
-    return text
-
-
 def _as_specs(models, input_shapes=None) -> list[ModelSpec]:
     from deploybench.models import get_model, model_spec
 
@@ -561,74 +433,6 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
     return matrix
 
 
-# ---- comparison -----------------------------------------------------------------------------------
-@dataclass
-class Comparison:
-    """Each model's cells against its baseline cell: speed-up, memory ratio, accuracy delta, best first."""
-
-    baseline: str
-    rows: list[dict[str, Any]]
-
-    def table(self) -> str:
-        """The comparison as a terminal table."""
-        from tabulate import tabulate
-
-        return tabulate(self._display_rows(), headers="keys", tablefmt="simple")
-
-    def _repr_html_(self) -> str:
-        from tabulate import tabulate
-
-        return tabulate(self._display_rows(), headers="keys", tablefmt="html")
-
-    def _display_rows(self) -> list[dict[str, Any]]:
-        def fmt(value, pattern):
-            return pattern.format(value) if value is not None else ""
-
-        return [{"model": r["model"], "cell": r["cell"], "status": r["status"],
-                 "median ms": fmt(r["median_ms"], "{:.3f}"), "speed-up": fmt(r["speedup"], "{:.2f}x"),
-                 "memory ratio": fmt(r["memory_ratio"], "{:.2f}"),
-                 "accuracy delta": fmt(r["accuracy_delta"], "{:+.4f}"),
-                 "max abs err": fmt(r["max_abs_error"], "{:.2e}")} for r in self.rows]
-
-
-def compare_backends(matrix_or_results, baseline: str = "torch", model: str | None = None) -> Comparison:
-    """Return a ``Comparison``: each cell of each model against the baseline cell (same model, ``baseline``
-    backend in its native format, fp32): speed-up = baseline median / cell median, memory ratio =
-    cell peak RSS / baseline peak RSS, accuracy delta = cell metric - baseline metric. Rows are
-    ordered per model by speed-up, fastest first; figures are None where either side lacks them."""
-    results = matrix_or_results.results if isinstance(matrix_or_results, Matrix) else list(matrix_or_results)
-    models = list(dict.fromkeys(r.cell.model for r in results if model is None or r.cell.model == model))
-    if model is not None and not models:
-        raise DeployBenchError(f"no cells of model {model!r} in these results; "
-                               f"models present: {', '.join(sorted({r.cell.model for r in results}))}")
-    rows = []
-    for name in models:
-        cells = [r for r in results if r.cell.model == name]
-        candidates = [r for r in cells if r.cell.backend == baseline and r.cell.precision == "fp32" and r.ok]
-        native = BACKEND_FORMATS.get(baseline, ())
-        candidates.sort(key=lambda r: native.index(r.cell.format) if r.cell.format in native else len(native))
-        base = candidates[0] if candidates else None
-        model_rows = []
-        for r in cells:
-            median = r.latency_ms.median if r.latency_ms else None
-            base_median = base.latency_ms.median if base and base.latency_ms else None
-            metric = r.accuracy.metric_value if r.accuracy else None
-            base_metric = base.accuracy.metric_value if base and base.accuracy else None
-            model_rows.append({
-                "model": name, "cell": r.cell.id, "format": r.cell.format, "backend": r.cell.backend,
-                "precision": r.cell.precision, "status": r.status, "is_baseline": r is base,
-                "median_ms": median,
-                "speedup": base_median / median if median and base_median else None,
-                "memory_ratio": r.peak_rss_mb / base.peak_rss_mb if base and r.peak_rss_mb and base.peak_rss_mb
-                else None,
-                "accuracy_delta": metric - base_metric if metric is not None and base_metric is not None else None,
-                "max_abs_error": r.accuracy.max_abs_error if r.accuracy else None,
-            })
-        model_rows.sort(key=lambda row: (row["speedup"] is None, -(row["speedup"] or 0)))
-        rows.extend(model_rows)
-    return Comparison(baseline=baseline, rows=rows)
-
-
-__all__ = ["ARTIFACT_CONVERSIONS", "Comparison", "Matrix", "RunSettings", "SCHEMA", "cell_formats",
-           "compare_backends", "parse_shard", "plain_table", "plan_cells", "run_cell", "run_deployment_benchmark",
+__all__ = ["ARTIFACT_CONVERSIONS", "Matrix", "RunSettings", "SCHEMA", "cell_formats",
+           "parse_shard", "plain_table", "plan_cells", "run_cell", "run_deployment_benchmark",
            "select_shard"]
