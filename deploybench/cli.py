@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .harness.pipeline.settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, DEFAULT_PRECISIONS, add_options,
+                                        settings_from_options)
 from .spec import DeployBenchError, parse_csv, parse_shape
 
 PROG = "deploybench"
@@ -46,26 +48,6 @@ class _Parser(argparse.ArgumentParser):
         raise DeployBenchError(f"{message} (see `{self.prog} --help`)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``deploybench`` argument parser with every subcommand (lazy ones wired if their module exists)."""
     parser = _Parser(prog=PROG, description="Convert a model to every deployment format, run it on every "
@@ -79,36 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run every compatible (model, format, backend, precision) cell and "
                                           "print the matrix.", epilog=RUN_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--models", default="digits_cnn",
+    run.add_argument("--models", default=",".join(DEFAULT_MODELS),
                      help="comma-separated zoo names, file.py:factory refs or exported .onnx/.tflite/.xml files "
-                          "(default: digits_cnn)")
-    run.add_argument("--backends", default="torch,onnxruntime,openvino",
-                     help="comma-separated backends (default: torch,onnxruntime,openvino); see `deploybench backends`")
-    run.add_argument("--precisions", default="fp32", help="comma-separated precisions: fp32, fp16, bf16, int8 "
-                                                          "(default: fp32)")
+                          f"(default: {','.join(DEFAULT_MODELS)})")
+    run.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                     help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}); "
+                          "see `deploybench backends`")
+    run.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS),
+                     help=f"comma-separated precisions: fp32, fp16, bf16, int8 (default: {','.join(DEFAULT_PRECISIONS)})")
     run.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
     run.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
                      help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
-    run.add_argument("--threads", type=_positive_int, default=None, help="threads per backend (default: its own)")
     run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
-    run.add_argument("--min-time", type=_positive_float, default=1.0, metavar="S",
-                     help="sample each cell for at least S seconds (default: 1.0)")
-    run.add_argument("--min-samples", type=_positive_int, default=30, metavar="N",
-                     help="and at least N timed calls (default: 30)")
-    run.add_argument("--max-time", type=_positive_float, default=60.0, metavar="S",
-                     help="stop sampling a cell after S seconds whatever the other rules say (default: 60)")
-    run.add_argument("--timeout", type=_positive_float, default=300.0, metavar="S",
-                     help="kill a cell's memory child after S seconds and mark it timeout (default: 300)")
-    run.add_argument("--no-memory", action="store_true",
-                     help="skip the memory child (faster, but a crashing backend can then end the run)")
+    add_options(run.add_argument, edge="cli")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1 <= I <= N), e.g. 1/4; shards partition the cells")
-    run.add_argument("--cache-dir", default=None, help="conversion cache (default: $DEPLOYBENCH_CACHE or "
-                                                       ".deploybench-cache)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument("--verbose", action="store_true",
-                     help="keep the converters' own warnings and log lines (hidden by default)")
+                     help="show what the workers print: converters' own warnings and log lines (hidden by default)")
     run.add_argument("--mlflow", metavar="URI", default=None,
                      help="also log every cell as an MLflow run to this tracking URI (needs deploybench[mlflow])")
     run.set_defaults(handler=run_command)
@@ -144,10 +114,9 @@ def _unavailable(name: str):
 
 def run_command(args: argparse.Namespace) -> int:
     """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise."""
-    from deploybench.harness.pipeline.matrix import RunSettings, parse_shard, run_deployment_benchmark
-    from deploybench.models import get_model
+    from .harness.pipeline.matrix import run_deployment_benchmark
+    from .harness.pipeline.plan import parse_shard
 
-    shapes = [parse_shape(text) for text in args.input_shape] if args.input_shape else None
     refs = parse_csv(args.models)
     backends = parse_csv(args.backends)
     precisions = parse_csv(args.precisions)
@@ -156,49 +125,37 @@ def run_command(args: argparse.Namespace) -> int:
     if not backends or not precisions:
         raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
     shard = parse_shard(args.shard) if args.shard else None
-    settings = RunSettings(threads=args.threads, seed=args.seed, min_samples=args.min_samples,
-                           min_time_s=args.min_time, max_time_s=max(args.max_time, args.min_time),
-                           timeout_s=args.timeout, memory=not args.no_memory, cache_dir=args.cache_dir)
-    # Checked before any model is built, so a typo costs nothing.
-    from deploybench.harness.pipeline.matrix import _check_backends
-
-    _check_backends(backends)
-    specs = []
-    for ref in refs:
-        if ref.endswith(".py"):
-            raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
-        specs.append(get_model(ref, shapes))
-    if not args.verbose:
-        _quiet_converters()
-    matrix = run_deployment_benchmark(specs, backends=backends, precisions=precisions, settings=settings,
+    settings = settings_from_options(lambda dest: getattr(args, dest, None))
+    models = [_model_ref(ref, args.input_shape) for ref in refs]
+    matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
                                       progress=not args.no_progress, shard=shard,
-                                      formats=parse_csv(args.formats) or None)
+                                      formats=parse_csv(args.formats) or None, verbose=args.verbose)
     if args.output:
         matrix.save(args.output)
     print(matrix.table())
     if args.output:
         print(f"\nwrote {args.output}")
     if args.mlflow:
-        from deploybench.harness.report.mlflow_sink import log_matrix
+        from .harness.report.mlflow_sink import log_matrix
 
         run_ids = log_matrix(matrix.results, matrix.machine, args.mlflow, settings=matrix.settings)
         print(f"logged {len(run_ids)} MLflow runs to {args.mlflow}")
     return EXIT_CELL_FAILED if matrix.failed else EXIT_OK
 
 
-def _quiet_converters() -> None:
-    """Hide the exporters' and quantizers' own warnings (per-op notes, deprecations, missing
-    torchvision ops) so the progress bar and the table stay readable; errors still show, and a
-    cell's failure reason carries its own message. ``--verbose`` keeps everything."""
-    import logging
-    import warnings
+def _model_ref(ref: str, input_shapes: Sequence[str] | None) -> str:
+    """The ref a worker resolves: a ``file.py:factory`` gets the ``--input-shape``s as ``@1x3x64x64,...``."""
+    from .models import MODELS
 
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("torch", "torch.onnx", "onnxscript", "nncf", "openvino", "coremltools", "absl", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if ref.endswith(".py"):
+        raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
+    if not input_shapes:
+        return ref
+    shapes = ",".join("x".join(map(str, parse_shape(text))) for text in input_shapes)
+    if ".py:" not in ref:
+        kind = f"zoo model {ref!r} has" if ref in MODELS.names() else f"{ref} has"
+        raise DeployBenchError(f"--input-shape is for a user's model file (file.py:factory); {kind} fixed inputs")
+    return f"{ref.partition('@')[0]}@{shapes}"
 
 
 def models_command(args: argparse.Namespace) -> int:

@@ -32,30 +32,9 @@ class PrecisionNotSupported(DeployBenchError):
     """A format or backend cannot express the asked precision: nothing is broken, the cell is skipped."""
 
 
-FORMATS = ("torch", "onnx", "openvino", "tflite", "coreml", "tensorrt")
-BACKENDS = ("torch", "onnxruntime", "openvino", "tflite", "coreml", "tensorrt")
+# The built-in formats and backends are registered in ``converters.CONVERTERS`` and ``engines.ENGINES``;
+# which backend runs which format is said only by each engine class (``InferenceEngine.formats``).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-# Which backends execute which format. Only these pairs are cells.
-FORMAT_BACKENDS: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnx": ("onnxruntime", "openvino", "tensorrt"),
-    "openvino": ("openvino",),
-    "tflite": ("tflite",),
-    "coreml": ("coreml",),
-    "tensorrt": ("tensorrt",),
-}
-
-# The format a backend runs when a matrix is built from a PyTorch model: each backend gets its
-# native format, and ONNX is the bridge for the backends that read it directly.
-BACKEND_FORMATS: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnxruntime": ("onnx",),
-    "openvino": ("openvino", "onnx"),
-    "tflite": ("tflite",),
-    "coreml": ("coreml",),
-    "tensorrt": ("tensorrt",),
-}
 
 STATUS_OK, STATUS_SKIPPED, STATUS_FAILED, STATUS_TIMEOUT = "ok", "skipped", "failed", "timeout"
 
@@ -225,6 +204,8 @@ class Artifact:
     conversion_s: float = 0.0
     cached: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A ``torch`` artifact of a model built in this process carries its nn.Module: it has no file.
+    module: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.path = Path(self.path)

@@ -50,10 +50,15 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
 
 
 def torch_artifact(spec: ModelSpec, precision: str = "fp32") -> Artifact:
-    """The in-memory 'artifact' of a PyTorch source: no file, the specs of the model."""
+    """The in-memory 'artifact' of a PyTorch source: no file; the model's nn.Module (built here) and specs."""
     return Artifact(format="torch", path=Path(f"<{spec.name}>"), precision=precision, inputs=spec.inputs,
                     outputs=tuple(TensorSpec(n, ()) for n in spec.output_names), files=(),
-                    metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config})
+                    metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config},
+                    module=spec.build())
+
+
+# Formats a bring-your-own file converts to, besides running as it is (onnx -> OpenVINO IR, TensorRT plan).
+CONVERSIONS_FROM_FILE: dict[str, tuple[str, ...]] = {"onnx": ("openvino", "tensorrt")}
 
 
 def artifact_from_path(path: Path) -> Artifact:
@@ -81,4 +86,4 @@ def artifact_from_path(path: Path) -> Artifact:
     return reader(path)
 
 
-__all__ = ["CONVERTERS", "SUFFIX_FORMATS", "artifact_from_path", "deploy_model", "torch_artifact"]
+__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "artifact_from_path", "deploy_model", "torch_artifact"]

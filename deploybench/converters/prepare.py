@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spec import FORMATS, PRECISIONS, DeployBenchError, ModelSpec, check_choice
+from ..spec import PRECISIONS, DeployBenchError, ModelSpec, check_choice
 from .fuse import FusedModel, fuse_model_for_deployment
 from .prune import PRUNE_METHODS, PruneReport, prune_model
 
@@ -63,7 +63,9 @@ def optimize_model_for_deployment(model: Any, target: str, example_inputs: Any =
     """
     import torch
 
-    check_choice("target format", target, FORMATS)
+    from . import CONVERTERS
+
+    check_choice("target format", target, CONVERTERS.names())
     check_choice("precision", precision, PRECISIONS)
     if prune is not None and prune_method not in PRUNE_METHODS:
         raise DeployBenchError(f"unknown prune method {prune_method!r}; choose from: {', '.join(PRUNE_METHODS)}")

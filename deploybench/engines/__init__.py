@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._registry import Registry
-from ..spec import FORMAT_BACKENDS, Artifact, DeployBenchError
+from ..spec import Artifact, DeployBenchError
 from .base import InferenceEngine
 
 ENGINES = Registry("backend", "deploybench.engines", {
@@ -28,6 +28,23 @@ def engine_class(backend: str) -> type[InferenceEngine]:
     return ENGINES.get(backend)
 
 
+def engine_classes() -> dict[str, type[InferenceEngine]]:
+    """Every registered backend's engine class, built-in or from another package; one whose module
+    cannot be imported is left out here (``backend_status`` lists it with the reason)."""
+    classes = {}
+    for name in ENGINES.names():
+        try:
+            classes[name] = engine_class(name)
+        except Exception:  # a broken third-party engine must not hide the others
+            continue
+    return classes
+
+
+def backends_for_format(fmt: str) -> list[str]:
+    """The backends whose engine class runs ``fmt`` files, in registration order."""
+    return [name for name, cls in engine_classes().items() if fmt in cls.formats]
+
+
 def backend_availability(backend: str) -> tuple[bool, str]:
     """(True, version) if ``backend`` can run here, else (False, why not)."""
     return engine_class(backend).availability()
@@ -37,7 +54,12 @@ def backend_status() -> list[dict[str, Any]]:
     """Every registered backend: available or not, version or the reason, formats and precisions."""
     rows = []
     for name in ENGINES.names():
-        cls = engine_class(name)
+        try:
+            cls = engine_class(name)
+        except Exception as exc:  # the engine module itself is missing or broken
+            rows.append({"backend": name, "available": False, "version": None,
+                         "reason": f"{type(exc).__name__}: {exc}".splitlines()[0], "formats": [], "precisions": []})
+            continue
         available, detail = cls.availability()
         rows.append({"backend": name, "available": available,
                      "version": detail if available else None, "reason": None if available else detail,
@@ -53,11 +75,9 @@ def create_deployer(artifact_or_model: Any, backend: str | None = None, precisio
     run it here). Raises ``DeployBenchError`` naming the artifact and the backends that could
     run it when none can.
     """
-    artifact, module = _as_artifact(artifact_or_model, options.pop("example_inputs", None))
-    if module is not None:
-        options.setdefault("module", module)
+    artifact = _as_artifact(artifact_or_model, options.pop("example_inputs", None))
     if backend is None:
-        candidates = FORMAT_BACKENDS.get(artifact.format, ())
+        candidates = backends_for_format(artifact.format)
         reasons = []
         for candidate in candidates:
             available, detail = backend_availability(candidate)
@@ -76,25 +96,25 @@ def create_deployer(artifact_or_model: Any, backend: str | None = None, precisio
     return engine.load()
 
 
-def _as_artifact(obj: Any, example_inputs: Any = None) -> tuple[Artifact, Any]:
-    """(artifact, in-memory torch module or None) for anything ``create_deployer`` accepts."""
+def _as_artifact(obj: Any, example_inputs: Any = None) -> Artifact:
+    """The artifact of anything ``create_deployer`` accepts (a torch one carries its in-memory module)."""
     if isinstance(obj, Artifact):
-        return obj, None
+        return obj
     if isinstance(obj, (str, Path)):
         from ..converters import artifact_from_path
 
-        return artifact_from_path(Path(obj)), None
+        return artifact_from_path(Path(obj))
     from ..models import model_spec
 
     spec = model_spec(obj, example_inputs=example_inputs)
     if spec.factory is None:
         from ..converters import artifact_from_path
 
-        return artifact_from_path(spec.source_path), None
+        return artifact_from_path(spec.source_path)
     from ..converters import torch_artifact
 
-    return torch_artifact(spec), spec.build()
+    return torch_artifact(spec)
 
 
-__all__ = ["ENGINES", "InferenceEngine", "backend_availability", "backend_status", "create_deployer",
-           "engine_class"]
+__all__ = ["ENGINES", "InferenceEngine", "backend_availability", "backend_status", "backends_for_format",
+           "create_deployer", "engine_class", "engine_classes"]

@@ -21,8 +21,8 @@ _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 class TorchEngine(InferenceEngine):
     """Run a PyTorch model on CPU.
 
-    Options: ``module=`` an ``nn.Module`` to run eagerly in this process (the harness's reference);
-    without it, the artifact's ``.pt2`` is loaded with ``torch.export.load(...).module()``.
+    The artifact's own ``module`` (an in-memory model, see ``converters.torch_artifact``) or ``module=``
+    runs eagerly; without either, the artifact's ``.pt2`` is loaded with ``torch.export.load(...).module()``.
     ``threads`` sets ``torch.set_num_threads`` while the engine is loaded; ``close()`` restores it.
     """
 
@@ -35,7 +35,7 @@ class TorchEngine(InferenceEngine):
     def _load_impl(self) -> None:
         import torch
 
-        module = self.options.get("module")
+        module = self.options.get("module") or self.artifact.module
         if module is None:
             path = Path(self.artifact.path)
             if not path.is_file():

@@ -1,12 +1,14 @@
 """deploybench's pytest plugin (loaded through the `pytest11` entry point in every pytest run).
 
-Thin, like pytest-benchmark's: options, hooks and fixtures; the work is in ``matrix``, ``timing``,
-``memory``, ``precision`` and ``gate``. A test that uses none of the fixtures below is untouched.
+Thin, like pytest-benchmark's: options, hooks and fixtures. The work is the one cell pipeline,
+run in a worker process per model (``pipeline``): a cell is measured once, for what the selected
+tests of that cell need (speed, memory, precision), and each test asserts its part of the
+``Result``. A test that uses none of the fixtures below is untouched.
 
 A test that asks for ``cell`` (directly or through ``model``, ``backend``, ``precision``,
-``artifact``, ``engine``) is parametrized over the planned cells, with ids like
-``resnet18-onnx-openvino-fp32`` and a marker per backend, so ``-k``, ``-m openvino``, ``--co``,
-``--junitxml`` and sharding work as pytest users expect. Planning converts nothing.
+``deploybench_result``, ``artifact``, ``engine``) is parametrized over the planned cells, with ids
+like ``resnet18-onnx-openvino-fp32`` and a marker per registered backend, so ``-k``, ``-m openvino``,
+``--co``, ``--junitxml`` and sharding work as pytest users expect. Planning converts nothing.
 """
 
 from __future__ import annotations
@@ -17,23 +19,17 @@ from typing import Any
 
 import pytest
 
+from deploybench.harness.pipeline import settings as run_options
+from deploybench.spec import DeployBenchError
+
 MARKERS = {
     "slow": "slower than ~15 s; left out of the fast path with -m 'not slow'",
     "speed": "a deploybench latency benchmark of one cell",
     "memory": "a deploybench peak-memory measurement of one cell, in a child process",
     "precision": "a deploybench accuracy check of one cell against the fp32 reference",
-    "torch": "a cell run on the PyTorch backend",
-    "onnxruntime": "a cell run on the ONNX Runtime backend",
-    "openvino": "a cell run on the OpenVINO backend",
-    "tflite": "a cell run on the LiteRT (TFLite) backend",
-    "coreml": "a cell run on the Core ML backend",
-    "tensorrt": "a cell run on the TensorRT backend",
 }
-
-DEFAULT_MODELS = ("digits_cnn",)
-DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
-DEFAULT_PRECISIONS = ("fp32",)
-TOLERANCE_ALIASES = {"top1": "top1_agreement", "metric": "metric_value", "cos": "cosine"}
+# Which measurement of the pipeline each benchmark marker needs.
+MARKER_MEASURES = {"speed": "time", "memory": "memory", "precision": "accuracy"}
 
 _STATE_KEY = pytest.StashKey["DeployBenchState"]()
 
@@ -48,30 +44,32 @@ def pytest_addoption(parser):
                     help="comma-separated models: zoo names, file.py:factory[@1x3x64x64], .onnx/.tflite/.xml files")
     group.addoption("--backends", default=None, help="comma-separated backends (default from [tool.deploybench])")
     group.addoption("--precisions", default=None, help="comma-separated precisions: fp32, fp16, bf16, int8")
-    group.addoption("--threads", type=int, default=None, help="threads per engine (default: the backend's)")
-    group.addoption("--deploybench-cache", default=None, metavar="DIR", help="conversion cache directory")
-    group.addoption("--cell-timeout", type=float, default=None, metavar="S",
-                    help="seconds a memory child may run before it is killed (default 300)")
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based), by a stable hash")
     group.addoption("--deploybench-json", default=None, metavar="PATH",
                     help="write the session's matrix in the `deploybench run` JSON schema")
     group.addoption("--deploybench-gate", default=None, metavar="BASELINE",
                     help="gate the session's results against a baseline JSON or storage id; exit 1 on regression")
-    group.addoption("--tolerance", action="append", default=[], metavar="PREC:KEY=VALUE",
-                    help="accuracy tolerance override, e.g. int8:top1=0.97 (repeatable)")
+    run_options.add_options(group.addoption, edge="pytest")
+
+
+def _register_markers(config) -> None:
+    from deploybench.engines import ENGINES
+
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    for backend in ENGINES.names():  # built-in or from another package's entry point
+        config.addinivalue_line("markers", f"{backend}: a cell run on the {backend} backend")
 
 
 def pytest_configure(config):
-    for name, description in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {description}")
-    config.stash[_STATE_KEY] = DeployBenchState(config)
-    from deploybench.spec import DeployBenchError
-    from deploybench.harness.pipeline.matrix import parse_shard
+    _register_markers(config)
+    state = config.stash[_STATE_KEY] = DeployBenchState(config)
+    from deploybench.harness.pipeline.plan import parse_shard
 
     try:  # bad option values stop the run before collection, with the fix in one line
         if config.getoption("shard", default=None):
             parse_shard(config.getoption("shard"))
-        parse_tolerances(config.getoption("tolerance", default=[]))
+        state.settings  # noqa: B018 - validates every measurement option now
     except DeployBenchError as exc:
         raise pytest.UsageError(f"deploybench: {exc}") from None
 
@@ -95,71 +93,35 @@ def _pyproject_defaults(config) -> dict[str, Any]:
     return dict(data.get("tool", {}).get("deploybench", {}) or {})
 
 
-def parse_tolerances(entries) -> dict[str, dict[str, float]]:
-    """['int8:top1=0.97', 'fp16:cosine=0.999'] -> {'int8': {'top1_agreement': 0.97}, ...}."""
-    from deploybench.spec import DeployBenchError
-
-    tolerances: dict[str, dict[str, float]] = {}
-    for entry in entries or ():
-        for part in str(entry).split(","):
-            precision, _, rule = part.strip().partition(":")
-            key, _, value = rule.partition("=")
-            try:
-                number = float(value)
-            except ValueError:
-                raise DeployBenchError(f"bad --tolerance {part!r}: write precision:key=value, "
-                                       "e.g. int8:top1=0.97") from None
-            key = TOLERANCE_ALIASES.get(key.strip(), key.strip())
-            tolerances.setdefault(precision.strip(), {})[key] = number
-    return tolerances
-
-
 class DeployBenchState:
-    """Everything the plugin keeps for one session: settings, models, caches, results by cell."""
+    """Everything the plugin keeps for one session: settings, the models and their workers, results by cell."""
 
     def __init__(self, config):
         self.config = config
+        self._defaults = _pyproject_defaults(config)
         self._settings = None
-        self.specs: dict[str, Any] = {}
-        self.inputs: dict[str, dict] = {}
-        self.references: dict[str, Any] = {}  # model name -> precision.Reference
-        self.artifacts: dict[str, Any] = {}  # cell id -> Artifact or ("skip"|"fail", reason)
-        self.engines: dict[str, Any] = {}
-        self.pending: dict[str, int] = {}  # cell id -> tests of it not yet torn down
+        self.models: dict[str, Any] = {}  # model name -> its ref or ModelSpec
+        self.infos: dict[str, Any] = {}  # model name -> ModelInfo
+        self.workers: dict[str, Any] = {}  # model name -> Worker (started when a cell is measured)
+        self.measures: dict[str, set[str]] = {}  # cell id -> what its selected tests need
         self.results: dict[str, Any] = {}  # cell id -> Result
+        self.in_process: dict[str, Any] = {}  # cell id -> Artifact / engine for tests that ask for them
         self.verdicts: list = []
         self.gate_error: str | None = None
         self._planned: list | None = None
 
     # ---- configuration ------------------------------------------------------------------
     def option(self, name: str, default=None):
+        """A command-line option, else its ``[tool.deploybench]`` value, else ``default``."""
         value = self.config.getoption(name, default=None)
-        if value is None:
-            value = _pyproject_defaults(self.config).get(name.replace("-", "_"), default)
-        return value
+        return self._defaults.get(name, default) if value is None else value
 
     @property
     def settings(self):
-        """The ``RunSettings`` every cell of the session is measured with."""
+        """The ``RunSettings`` every cell of the session is measured with (CLI options and the same defaults)."""
         if self._settings is None:
-            from deploybench.harness.pipeline.matrix import RunSettings
-
-            timeout = self.option("cell_timeout")
-            cache = self.option("deploybench_cache")
-            self._settings = RunSettings(
-                threads=self.option("threads"), timeout_s=float(timeout) if timeout else 300.0,
-                cache_dir=str(cache) if cache else None,
-                tolerances=parse_tolerances(self.config.getoption("tolerance", default=[]) or
-                                            _pyproject_defaults(self.config).get("tolerance", [])))
+            self._settings = run_options.settings_from_options(self.option)
         return self._settings
-
-    def model_refs(self) -> list[str]:
-        from deploybench.spec import parse_csv
-
-        explicit = self.config.getoption("models", default=None)
-        if explicit is not None:
-            return parse_csv(explicit)
-        return parse_csv(_pyproject_defaults(self.config).get("models"))
 
     def list_option(self, name: str, fallback) -> list[str]:
         from deploybench.spec import parse_csv
@@ -167,81 +129,43 @@ class DeployBenchState:
         return parse_csv(self.option(name)) or list(fallback)
 
     # ---- models and cells ---------------------------------------------------------------
-    def load_specs(self, extra_models) -> list:
-        """ModelSpecs of --models / [tool.deploybench] models plus the ``deploybench_models`` fixture's."""
-        from deploybench.models import get_model, resolve_ref
+    def plan(self, user_models) -> list:
+        """The cells of this session (shard applied), planned once; nothing is built or converted.
 
-        refs = self.model_refs()
-        specs = []
-        for ref in refs:
-            if ref not in self.specs:
-                self.specs[ref] = resolve_ref(ref) if "@" in ref else get_model(ref)
-            specs.append(self.specs[ref])
-        for spec in extra_models:
-            self.specs.setdefault(spec.name, spec)
-            specs.append(self.specs[spec.name])
-        if not specs:
-            for ref in DEFAULT_MODELS:
-                self.specs.setdefault(ref, get_model(ref))
-                specs.append(self.specs[ref])
-        for spec in specs:
-            self.specs[spec.name] = spec
-        return specs
-
-    def plan(self, extra_models) -> list:
-        """The cells of this session (shard applied), planned once."""
+        A zoo model or a ModelSpec made in a conftest is described here; a user's file or
+        ``file.py:factory`` is resolved in its worker (its code never runs in this process)."""
         if self._planned is None:
-            from deploybench.harness.pipeline.matrix import parse_shard, plan_cells, select_shard
+            from deploybench.harness.pipeline.matrix import open_workers
+            from deploybench.harness.pipeline.plan import parse_shard, plan_cells, select_shard
 
-            specs = self.load_specs(extra_models)
-            cells = plan_cells(specs, self.list_option("backends", DEFAULT_BACKENDS),
-                               self.list_option("precisions", DEFAULT_PRECISIONS))
-            shard = self.config.getoption("shard", default=None)
-            if shard:
-                cells = select_shard(cells, *parse_shard(shard))
-            self._planned = cells
+            models = [*self.list_option("models", ()), *user_models] or list(run_options.DEFAULT_MODELS)
+            opened = open_workers(models, self.settings)
+            for model, (info, worker) in zip(models, opened):
+                self.models[info.name], self.infos[info.name], self.workers[info.name] = model, info, worker
+            cells = plan_cells(self.infos.values(), self.list_option("backends", run_options.DEFAULT_BACKENDS),
+                               self.list_option("precisions", run_options.DEFAULT_PRECISIONS))
+            shard = self.option("shard")
+            self._planned = select_shard(cells, *parse_shard(shard)) if shard else cells
         return self._planned
 
-    # ---- per-cell objects -----------------------------------------------------------------
     def result(self, cell):
-        """The session's ``Result`` of ``cell``: speed, memory and precision tests fill its parts."""
-        from deploybench.spec import Result
-
+        """The cell's ``Result``, measured once in its model's worker for what its selected tests need."""
         if cell.id not in self.results:
-            from deploybench.harness.pipeline.matrix import _rebuildable_ref
+            from deploybench.harness.pipeline.stages import MEASURES
 
-            spec = self.specs.get(cell.model)
-            result = Result(cell=cell)
-            result.extra["seed"] = self.settings.seed
-            ref = _rebuildable_ref(spec) if spec is not None else None
-            if ref:  # lets `deploybench gate --interleave` rebuild the model in another process
-                result.extra["model_ref"] = ref
-            self.results[cell.id] = result
+            measures = self.measures.get(cell.id) or set(MEASURES)
+            self.results[cell.id] = self.workers[cell.model].run_cell(cell, measures)
         return self.results[cell.id]
 
-    def mark_not_run(self, cell, status: str, reason: str) -> None:
-        result = self.result(cell)
-        if result.status == "ok":
-            result.status, result.reason = status, reason
-
-    def release(self, cell_id: str) -> None:
-        """One test of the cell is done; close its engine after the last one."""
-        if cell_id not in self.pending:
-            return
-        self.pending[cell_id] -= 1
-        if self.pending[cell_id] <= 0:
-            engine = self.engines.pop(cell_id, None)
-            if engine is not None:
-                engine.close()
-
     def close_all(self) -> None:
-        for runner in [*self.engines.values(), *self.references.values()]:
-            try:
-                runner.close()
-            except Exception:  # closing at exit must not mask the session's outcome
-                pass
-        self.engines.clear()
-        self.references.clear()
+        from deploybench.harness.pipeline.matrix import close_workers
+
+        for engine in self.in_process.values():
+            if hasattr(engine, "close"):
+                engine.close()
+        self.in_process.clear()
+        close_workers(self.workers.values())
+        self.workers.clear()
 
 
 def _state(config) -> DeployBenchState:
@@ -255,19 +179,13 @@ def _state(config) -> DeployBenchState:
 def _user_models(metafunc) -> list:
     """ModelSpecs from a ``deploybench_models`` fixture visible to this test (its conftest.py)."""
     from deploybench.models import model_spec
-    from deploybench.spec import DeployBenchError, ModelSpec
+    from deploybench.spec import ModelSpec
 
     manager = metafunc.config.pluginmanager.get_plugin("funcmanage")
-    definitions = None
-    if manager is not None:
-        try:
-            definitions = manager.getfixturedefs("deploybench_models", metafunc.definition)
-        except TypeError:  # older pytest took the node id
-            definitions = manager.getfixturedefs("deploybench_models", metafunc.definition.nodeid)
+    definitions = manager.getfixturedefs("deploybench_models", metafunc.definition) if manager else None
     if not definitions:
         return []
-    func = definitions[-1].func
-    value = func()
+    value = definitions[-1].func()
     if hasattr(value, "__next__"):
         value = next(value)
     if value is None:
@@ -278,12 +196,10 @@ def _user_models(metafunc) -> list:
         items = [(None, item) for item in (value if isinstance(value, (list, tuple)) else [value])]
     specs = []
     for name, item in items:
-        if isinstance(item, ModelSpec):
+        if isinstance(item, (ModelSpec, str)):
             specs.append(item)
         elif isinstance(item, tuple) and len(item) == 2:
             specs.append(model_spec(item[0], example_inputs=item[1], name=name))
-        elif isinstance(item, str):
-            specs.append(model_spec(item))
         else:
             raise DeployBenchError(f"deploybench_models returned {type(item).__name__}; return ModelSpecs, "
                                    "(nn.Module, example_inputs) pairs or model refs")
@@ -293,8 +209,6 @@ def _user_models(metafunc) -> list:
 def pytest_generate_tests(metafunc):
     if "cell" not in metafunc.fixturenames:
         return
-    from deploybench.spec import DeployBenchError
-
     state = _state(metafunc.config)
     try:
         # planned once per session: the first test that asks for cells supplies the user's models
@@ -305,16 +219,18 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("cell", params, indirect=True)
 
 
-@pytest.hookimpl(trylast=True)  # after -k / -m deselection: count only the tests that will run
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: measure only what the selected tests need
 def pytest_collection_modifyitems(session, config, items):
     state = _state(config)
     found = False
     for item in items:
         callspec = getattr(item, "callspec", None)
         cell = callspec.params.get("cell") if callspec else None
-        if cell is not None and hasattr(cell, "id"):
-            state.pending[cell.id] = state.pending.get(cell.id, 0) + 1
-            found = True
+        if cell is None or not hasattr(cell, "id"):
+            continue
+        found = True
+        wanted = state.measures.setdefault(cell.id, set())
+        wanted.update(measure for marker, measure in MARKER_MEASURES.items() if item.get_closest_marker(marker))
     if found:
         # Keep every raw sample in --benchmark-autosave/--benchmark-save files: the gate tests
         # distributions, not just the stored summary.
@@ -323,26 +239,19 @@ def pytest_collection_modifyitems(session, config, items):
             benchmark_session.save_data = True
 
 
-def pytest_runtest_teardown(item, nextitem):
-    callspec = getattr(item, "callspec", None)
-    cell = callspec.params.get("cell") if callspec else None
-    if cell is not None and hasattr(cell, "id"):
-        _state(item.config).release(cell.id)
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def deploybench_state(request) -> DeployBenchState:
-    """The plugin's session state: settings, caches and the Results being collected."""
+    """The plugin's session state: settings, models, workers and the Results being collected."""
     return _state(request.config)
 
 
 @pytest.fixture(scope="session")
 def deploybench_settings(deploybench_state):
-    """The ``RunSettings`` (threads, seed, stopping rules, timeout, tolerances) of this session."""
+    """The ``RunSettings`` (threads, seed, timing rules, memory, timeout, tolerances) of this session."""
     return deploybench_state.settings
 
 
@@ -354,8 +263,8 @@ def cell(request):
 
 @pytest.fixture
 def model(cell, deploybench_state):
-    """The cell's ``ModelSpec`` (one per model name for the session)."""
-    return deploybench_state.specs[cell.model]
+    """The cell's ``ModelInfo``: name, ref, task, and whether it is a PyTorch network or a model file."""
+    return deploybench_state.infos[cell.model]
 
 
 @pytest.fixture
@@ -375,113 +284,70 @@ def precision(cell) -> str:
 
 @pytest.fixture
 def deploybench_result(cell, deploybench_state):
-    """The session's ``Result`` of this cell, which speed, memory and precision tests fill in."""
-    return deploybench_state.result(cell)
+    """The cell's ``Result``, measured once in its model's worker by the one pipeline. A cell that could
+    not run skips (a backend missing here, a precision it lacks) or fails (with the stage) every test of it."""
+    result = deploybench_state.result(cell)
+    if result.status == "skipped":
+        pytest.skip(f"{cell.id}: {result.reason}")
+    if not result.ok:
+        pytest.fail(f"{cell.id} {result.status}: {result.reason}", pytrace=False)
+    return result
 
 
-@pytest.fixture
-def inputs(model, deploybench_state):
-    """Seeded inputs of the model, the same for every backend (one set per model)."""
-    if model.name not in deploybench_state.inputs:
-        settings = deploybench_state.settings
-        deploybench_state.inputs[model.name] = model.make_inputs(seed=settings.seed, dims=settings.dims)
-    return deploybench_state.inputs[model.name]
+# ---- in this process, for a project's own tests that want the objects themselves ------------
+def _here(state: DeployBenchState, cell, key: str, make):
+    if (cell.id, key) not in state.in_process:
+        from deploybench.harness.pipeline.stages import CellStopped, one_line
+        from deploybench.spec import PrecisionNotSupported
 
-
-@pytest.fixture
-def reference(model, deploybench_state):
-    """The fp32 reference of ``model`` (PyTorch eager, or the artifact's own fp32 run): a callable
-    ``inputs -> outputs`` named after what it runs, made once per model, the same one
-    ``deploybench run`` uses, so a cell is judged alike inside and outside pytest."""
-    if model.name not in deploybench_state.references:
-        from deploybench.harness.measure.accuracy import make_reference
-
-        deploybench_state.references[model.name] = make_reference(model)
-    return deploybench_state.references[model.name]
-
-
-def _one_line(exc: BaseException) -> str:
-    from deploybench.spec import DeployBenchError
-
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if isinstance(exc, DeployBenchError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
-
-
-@pytest.fixture
-def artifact(cell, model, deploybench_state):
-    """The cell's converted ``Artifact`` (from the on-disk cache after the first conversion).
-
-    A backend that cannot run here, or a format that cannot express the precision, skips the test
-    with the reason; a conversion that fails fails it with the one-line reason.
-    """
-    key = cell.id
-    if key not in deploybench_state.artifacts:
-        deploybench_state.artifacts[key] = _convert_cell(cell, model, deploybench_state)
-    outcome = deploybench_state.artifacts[key]
-    if isinstance(outcome, tuple):
-        kind, reason = outcome
-        deploybench_state.mark_not_run(cell, "skipped" if kind == "skip" else "failed", reason)
-        if kind == "skip":
-            pytest.skip(reason)
-        pytest.fail(reason, pytrace=False)
-    return outcome
-
-
-def _convert_cell(cell, model, state):
-    from deploybench.engines import backend_availability, engine_class
-    from deploybench.harness.pipeline.matrix import _convert, _is_unsupported_precision
-
-    try:
-        available, detail = backend_availability(cell.backend)
-    except Exception as exc:
-        available, detail = False, _one_line(exc)
-    if not available:
-        return ("skip", f"{cell.backend} cannot run here: {detail}")
-    offered = engine_class(cell.backend).precisions
-    if cell.precision not in offered:
-        return ("skip", f"backend {cell.backend} has no {cell.precision} mode; it runs: {', '.join(offered)}")
-    try:
-        artifact = _convert(model, cell, state.settings)
-    except Exception as exc:
-        if _is_unsupported_precision(exc, cell.precision):
-            return ("skip", _one_line(exc))
-        return ("fail", f"conversion of {cell.id} to {cell.format} failed: {_one_line(exc)}")
-    result = state.result(cell)
-    result.conversion_s = artifact.conversion_s
-    if artifact.files and artifact.path.exists():
-        result.artifact_bytes = artifact.size_bytes
-        result.extra["artifact_path"] = str(artifact.path)
-    return artifact
-
-
-@pytest.fixture
-def engine(cell, model, artifact, inputs, deploybench_state):
-    """A loaded ``InferenceEngine`` of the cell, built once and closed after the cell's last test."""
-    state = deploybench_state
-    if cell.id not in state.engines:
-        from deploybench.engines import create_deployer
-        from deploybench.harness.measure.timing import time_first_inference
-
-        options = {"module": model.build()} if cell.format == "torch" else {}
         try:
-            built = create_deployer(artifact, backend=cell.backend, precision=cell.precision,
-                                    threads=state.settings.threads, **options)
-            _, first_ms = time_first_inference(built, inputs)
+            state.in_process[(cell.id, key)] = make()
+        except (CellStopped, PrecisionNotSupported) as stop:
+            pytest.skip(f"{cell.id}: {getattr(stop, 'reason', None) or one_line(stop)}")
         except Exception as exc:
-            from deploybench.harness.pipeline.matrix import _is_unsupported_precision
+            pytest.fail(f"{cell.id}: {key}: {one_line(exc)}", pytrace=False)
+    return state.in_process[(cell.id, key)]
 
-            reason = _one_line(exc)
-            if _is_unsupported_precision(exc, cell.precision):
-                state.mark_not_run(cell, "skipped", reason)
-                pytest.skip(reason)
-            state.mark_not_run(cell, "failed", f"load or first inference failed: {reason}")
-            pytest.fail(f"{cell.id}: load or first inference failed: {reason}", pytrace=False)
-        result = state.result(cell)
-        result.load_ms, result.first_inference_ms = built.load_ms, first_ms
-        state.engines[cell.id] = built
-        state.pending.setdefault(cell.id, 1)
-    return state.engines[cell.id]
+
+@pytest.fixture
+def model_spec(cell, deploybench_state):
+    """The cell's ``ModelSpec`` built in this process (model code runs here, without a worker's isolation)."""
+    state = deploybench_state
+
+    def make():
+        from deploybench.models import ModelSource
+
+        model = state.models[cell.model]
+        return model if not isinstance(model, str) else ModelSource(ref=model).resolve()
+
+    return _here(state, cell, "model", make)
+
+
+@pytest.fixture
+def inputs(model_spec, deploybench_settings):
+    """Seeded inputs of the model, the same ones the pipeline measures every backend on."""
+    return model_spec.make_inputs(seed=deploybench_settings.seed, dims=deploybench_settings.dims)
+
+
+@pytest.fixture
+def artifact(cell, model_spec, deploybench_state):
+    """The cell's converted ``Artifact`` (from the conversion cache after the first conversion), made in
+    this process by the pipeline's own stages; a backend that cannot run here skips with the reason."""
+    from deploybench.harness.pipeline import stages
+
+    def make():
+        stages.check_availability(cell)
+        return stages.convert(model_spec, cell, deploybench_state.settings)
+
+    return _here(deploybench_state, cell, "artifact", make)
+
+
+@pytest.fixture
+def engine(cell, artifact, deploybench_state):
+    """A loaded ``InferenceEngine`` of the cell in this process, built once and closed at session end."""
+    from deploybench.harness.pipeline import stages
+
+    return _here(deploybench_state, cell, "engine", lambda: stages.load(cell, artifact, deploybench_state.settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +356,7 @@ def engine(cell, model, artifact, inputs, deploybench_state):
 
 def _session_matrix(state):
     from deploybench.harness.measure.machine import machine_info
-    from deploybench.harness.pipeline.matrix import Matrix
+    from deploybench.harness.results.matrix import Matrix
 
     return Matrix(results=list(state.results.values()), machine=machine_info(),
                   settings={"source": "pytest", **state.settings.to_dict()})
@@ -508,7 +374,6 @@ def pytest_sessionfinish(session, exitstatus):
         _session_matrix(state).save(path)
     baseline = session.config.getoption("deploybench_gate", default=None)
     if baseline:
-        from deploybench.spec import DeployBenchError
         from deploybench.harness.gate.verdict import GateSettings, gate_results, has_regression, load_run
 
         try:
@@ -526,17 +391,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = config.stash.get(_STATE_KEY, None)
     if state is None or not state.results:
         return
-    results = list(state.results.values())
+    from deploybench.harness.report.render import terminal_table
+
     terminalreporter.section("deploybench matrix")
-    try:
-        from deploybench.harness.report.render import terminal_table
-
-        table = terminal_table(results)
-    except Exception:  # the report module is optional here: fall back to the plain table
-        from deploybench.harness.pipeline.matrix import plain_table
-
-        table = plain_table(results)
-    terminalreporter.write_line(table)
+    terminalreporter.write_line(terminal_table(list(state.results.values())))
     path = config.getoption("deploybench_json", default=None)
     if path:
         terminalreporter.write_line(f"deploybench: matrix written to {path}")
@@ -552,18 +410,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line("deploybench gate: regression -> exit status 1", red=True)
 
 
-def record_timing(result, samples_ms, stopped_by: str | None = None) -> None:
-    """Put latency samples (ms) into a session Result (used by the speed benchmark)."""
-    from deploybench.harness.measure.stats import is_unstable, latency_stats
-
-    if not samples_ms:
-        return
-    result.samples_ms = list(samples_ms)
-    result.latency_ms = latency_stats(samples_ms)
-    result.unstable = is_unstable(result.latency_ms)
-    if stopped_by:
-        result.extra["stopped_by"] = stopped_by
-
-
-__all__ = ["MARKERS", "DeployBenchState", "parse_tolerances", "record_timing"]
-
+__all__ = ["MARKERS", "DeployBenchState"]

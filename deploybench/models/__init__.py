@@ -166,6 +166,68 @@ def _from_python_file(path: Path, factory_name: str, input_shapes, ref: str) -> 
     return spec
 
 
+def is_rebuildable_ref(ref: str | None) -> bool:
+    """True when a fresh process can rebuild the model from ``ref``: a zoo name, a ``file.py:factory``, a file."""
+    if not ref:
+        return False
+    base = ref.partition("@")[0] if ".py:" in ref else ref
+    return base in MODELS.names() or ".py:" in base or Path(base).suffix.lower() in ARTIFACT_SUFFIXES
+
+
+class ModelSource:
+    """How another process (a worker, the memory child) gets the same model: a ref it resolves (zoo
+    name, ``file.py:factory@shape``, a model file) or, for a model built in this process, the
+    ``ModelSpec`` itself serialized with cloudpickle (classes of ``__main__`` and lambdas travel by
+    value; classes of importable modules by name, so the other process needs the same ``sys.path``).
+    """
+
+    def __init__(self, ref: str | None = None, payload: bytes | None = None, label: str = ""):
+        if (ref is None) == (payload is None):
+            raise DeployBenchError("a ModelSource is a ref or a payload, exactly one of them")
+        self.ref, self.payload, self.label = ref, payload, label or ref or "model"
+
+    @classmethod
+    def of(cls, model: Any) -> ModelSource:
+        """A source for a ref (str or path) or a ``ModelSpec``; raises ``DeployBenchError`` naming the model
+        when a spec cannot be serialized (a local object cloudpickle cannot reach)."""
+        if isinstance(model, (str, Path)):
+            return cls(ref=str(model))
+        spec = model_spec(model)
+        import cloudpickle
+
+        try:
+            return cls(payload=cloudpickle.dumps(spec), label=spec.name)
+        except Exception as exc:
+            raise DeployBenchError(f"model {spec.name!r} cannot be sent to another process "
+                                   f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+    def resolve(self) -> ModelSpec:
+        """The ``ModelSpec``, built in this process (user code runs here: call it in a worker)."""
+        if self.ref is not None:
+            return resolve_ref(self.ref)
+        import pickle
+
+        spec = pickle.loads(self.payload)
+        if not isinstance(spec, ModelSpec):
+            raise DeployBenchError(f"model source {self.label!r} holds a {type(spec).__name__}, not a ModelSpec")
+        return spec
+
+    def to_dict(self, payload_path: Path | None = None) -> dict[str, Any]:
+        """JSON for a child process: the ref, or the path of a file holding the payload (written here)."""
+        if self.ref is not None:
+            return {"ref": self.ref, "label": self.label}
+        if payload_path is None:
+            raise DeployBenchError("a payload model source needs a file to travel in JSON")
+        Path(payload_path).write_bytes(self.payload)
+        return {"payload_path": str(payload_path), "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
+        if data.get("ref"):
+            return cls(ref=str(data["ref"]), label=str(data.get("label", "")))
+        return cls(payload=Path(data["payload_path"]).read_bytes(), label=str(data.get("label", "")))
+
+
 def resolve_ref(ref: str) -> ModelSpec:
     """Inverse of ``ModelSpec.ref``: rebuild the same model in a fresh process."""
     base, _, shapes = ref.partition("@") if ".py:" in ref else (ref, "", "")
@@ -174,5 +236,5 @@ def resolve_ref(ref: str) -> ModelSpec:
     return get_model(base, [parse_shape(s) for s in shapes.split(",")] if shapes else None)
 
 
-__all__ = ["MODELS", "get_model", "list_models", "model_from_artifact", "model_from_module", "model_spec",
+__all__ = ["MODELS", "ModelSource", "get_model", "is_rebuildable_ref", "list_models", "model_from_artifact", "model_from_module", "model_spec",
            "resolve_ref"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import runpy
 import sys
 import traceback
 from pathlib import Path
@@ -53,8 +52,9 @@ def measure(request: dict) -> dict:
     from deploybench.engines import create_deployer, engine_class
     from deploybench.spec import Artifact
 
-    for plugin in filter(None, os.environ.get("DEPLOYBENCH_MEMORY_CHILD_PLUGINS", "").split(os.pathsep)):
-        runpy.run_path(plugin)
+    from deploybench.harness.measure.process import run_child_plugins
+
+    run_child_plugins()
 
     backend = request["backend"]
     cls = engine_class(backend)
@@ -65,7 +65,6 @@ def measure(request: dict) -> dict:
     if list(inputs) == ["__single__"]:
         inputs = inputs["__single__"]
 
-    options = {}
     if request.get("artifact"):
         artifact = Artifact.from_dict(request["artifact"])
     elif request.get("artifact_path"):
@@ -74,19 +73,16 @@ def measure(request: dict) -> dict:
         artifact = artifact_from_path(Path(request["artifact_path"]))
     else:
         artifact = None
-    module = None
     if backend == "torch" and (artifact is None or not artifact.path.exists()):
         from deploybench.converters import torch_artifact
-        from deploybench.models import resolve_ref
+        from deploybench.models import ModelSource
 
-        spec = resolve_ref(request["model_ref"])
+        spec = ModelSource.from_dict(request["model_source"]).resolve()
+        # built before the baseline: the weights are the model, not the load
         artifact = torch_artifact(spec, precision=request["precision"])
-        module = spec.build()  # built before the baseline: the weights are the model, not the load
     baseline = _rss_mb()
-    if module is not None:
-        options["module"] = module
     engine = create_deployer(artifact, backend=backend, precision=request["precision"],
-                             threads=request.get("threads"), **options)
+                             threads=request.get("threads"))
     load_rss = _rss_mb()
     peak_sampled = load_rss
     outputs = {}

@@ -12,8 +12,6 @@ timing for that reason.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from deploybench.harness.measure.process import CHILD_PLUGIN_ENV, child_env, exit_description, kill_group
+from deploybench.models import ModelSource
 from deploybench.spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact, DeployBenchError
 
-# A file path (or several joined by os.pathsep) the child runs before anything else, so a test or a
-# third party can register an engine that only exists in their code.
-CHILD_PLUGIN_ENV = "DEPLOYBENCH_MEMORY_CHILD_PLUGINS"
 
 
 @dataclass
@@ -60,30 +57,32 @@ class Memory:
 
 def benchmark_memory_usage(artifact_or_ref: Artifact | str | Path, backend: str, precision: str, inputs,
                            threads: int | None = None, runs: int = 10, timeout_s: float = 300,
-                           model_ref: str | None = None) -> Memory:
+                           model_source: ModelSource | str | None = None) -> Memory:
     """Return a ``Memory`` (peak/baseline/load RSS in MB, status, reason) of a fresh child process.
 
-    ``artifact_or_ref`` is an ``Artifact``, an artifact path, or for the torch backend a model
-    ref (zoo name or ``file.py:factory@shape``) the child rebuilds with ``resolve_ref``; for a
-    torch artifact with no file, give ``model_ref``. ``inputs`` is an array or a mapping
-    name -> array. A child killed by a signal is ``failed`` with the signal's name in the reason;
-    one still running after ``timeout_s`` is killed with its process group and is ``timeout``.
+    ``artifact_or_ref`` is an ``Artifact``, an artifact path, or for the torch backend a model ref
+    (zoo name or ``file.py:factory@shape``) the child rebuilds. A torch artifact with no file (a
+    model built in memory) needs ``model_source`` (a ``ModelSource`` or a ref): the child builds the
+    same model from it. ``inputs`` is an array or a mapping name -> array. A child killed by a
+    signal is ``failed`` with the signal's name in the reason; one still running after ``timeout_s``
+    is killed with its process group and is ``timeout``.
     """
     if runs < 1:
         raise DeployBenchError(f"runs {runs} must be at least 1, e.g. 10")
-    request: dict[str, Any] = {"backend": backend, "precision": precision, "threads": threads, "runs": runs,
-                               "model_ref": model_ref}
+    if isinstance(model_source, str):
+        model_source = ModelSource(ref=model_source)
+    request: dict[str, Any] = {"backend": backend, "precision": precision, "threads": threads, "runs": runs}
     if isinstance(artifact_or_ref, Artifact):
         request["artifact"] = _artifact_payload(artifact_or_ref)
     elif backend == "torch" and not Path(str(artifact_or_ref)).exists():
-        request["model_ref"] = str(artifact_or_ref)
+        model_source = ModelSource(ref=str(artifact_or_ref))
     else:
         request["artifact_path"] = str(artifact_or_ref)
     if backend == "torch" and request.get("artifact") and not Path(request["artifact"]["path"]).exists() \
-            and not request.get("model_ref"):
+            and model_source is None:
         return Memory(status=STATUS_FAILED,
-                      reason="a torch model with no file needs model_ref (a zoo name or file.py:factory) "
-                             "so a fresh process can rebuild it")
+                      reason="a torch model with no file needs model_source (a zoo name, file.py:factory or "
+                             "the ModelSource of a model built in memory) so a fresh process can build it")
 
     with tempfile.TemporaryDirectory(prefix="deploybench-memory-") as work:
         work_dir = Path(work)
@@ -91,6 +90,8 @@ def benchmark_memory_usage(artifact_or_ref: Artifact | str | Path, backend: str,
         np.savez(work_dir / "inputs.npz", **{k: np.asarray(v) for k, v in named.items()})
         request["inputs_npz"] = str(work_dir / "inputs.npz")
         request["result_json"] = str(work_dir / "result.json")
+        if model_source is not None:
+            request["model_source"] = model_source.to_dict(payload_path=work_dir / "model.pickle")
         (work_dir / "request.json").write_text(json.dumps(request, default=str))
         return _run_child(work_dir, timeout_s)
 
@@ -108,11 +109,11 @@ def _run_child(work_dir: Path, timeout_s: float) -> Memory:
     start = time.perf_counter()
     # A session of its own, so a timeout kills the child and anything it started (compiler workers).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env=_child_env())
+                               start_new_session=True, env=child_env())
     try:
         _, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        kill_group(process)
         process.communicate()
         return Memory(status=STATUS_TIMEOUT, wall_s=time.perf_counter() - start,
                       reason=f"memory child did not finish within the {timeout_s:g} s limit; killed "
@@ -120,7 +121,7 @@ def _run_child(work_dir: Path, timeout_s: float) -> Memory:
     wall_s = time.perf_counter() - start
     if process.returncode < 0:
         return Memory(status=STATUS_FAILED, wall_s=wall_s,
-                      reason=f"child process killed by {_signal_name(-process.returncode)}")
+                      reason=f"memory child {exit_description(process.returncode)}")
     result_path = work_dir / "result.json"
     if result_path.exists():
         try:
@@ -134,28 +135,6 @@ def _run_child(work_dir: Path, timeout_s: float) -> Memory:
     last_line = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
     return Memory(status=STATUS_FAILED, wall_s=wall_s,
                   reason=f"memory child exited with code {process.returncode}: {last_line or 'no message'}")
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The child must import this very deploybench, even when it is run from a source tree.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 __all__ = ["CHILD_PLUGIN_ENV", "Memory", "benchmark_memory_usage"]

@@ -23,6 +23,34 @@ from deploybench.harness.measure.stats import is_unstable, latency_stats
 STOPPED_BY_RULES, STOPPED_BY_MAX_SAMPLES, STOPPED_BY_MAX_TIME = "rules", "max_samples", "max_time_s"
 
 
+@dataclass(frozen=True)
+class TimingRules:
+    """Warm up until BOTH ``warmup_count`` calls and ``warmup_s`` seconds are done; then sample until BOTH
+    ``min_samples`` calls and ``min_time_s`` seconds are done, unless ``max_samples`` calls or ``max_time_s``
+    seconds stop it first (as OpenVINO benchmark_app, trtexec and MLPerf LoadGen do)."""
+
+    warmup_count: int = 10
+    warmup_s: float = 0.2
+    min_samples: int = 30
+    min_time_s: float = 1.0
+    max_samples: int = 100_000
+    max_time_s: float = 60.0
+
+    def __post_init__(self):
+        if self.warmup_count < 0 or self.warmup_s < 0:
+            raise DeployBenchError(f"warm-up count {self.warmup_count} and time {self.warmup_s} s must be >= 0")
+        if self.min_samples < 1:
+            raise DeployBenchError(f"min_samples {self.min_samples} must be at least 1, e.g. 30")
+        if self.min_time_s < 0:
+            raise DeployBenchError(f"min_time_s {self.min_time_s} must be >= 0, e.g. 1.0")
+        if self.max_samples < self.min_samples:
+            raise DeployBenchError(f"max_samples {self.max_samples} is below min_samples {self.min_samples}: "
+                                   "raise max_samples")
+        if self.max_time_s <= 0 or self.max_time_s < self.min_time_s:
+            raise DeployBenchError(f"max_time_s {self.max_time_s} must be positive and >= min_time_s "
+                                   f"{self.min_time_s}")
+
+
 @dataclass
 class Timing:
     """What ``benchmark_inference`` measured. ``stopped_by`` is "rules", "max_samples" or "max_time_s"."""
@@ -65,7 +93,8 @@ def batch_size_of(inputs) -> int:
 
 def benchmark_inference(engine, inputs, warmup_count: int = 10, warmup_s: float = 0.2, min_samples: int = 30,
                         min_time_s: float = 1.0, max_samples: int = 100_000, max_time_s: float = 60.0,
-                        first_inference_ms: float | None = None, batch_size: int | None = None) -> Timing:
+                        first_inference_ms: float | None = None, batch_size: int | None = None,
+                        rules: TimingRules | None = None) -> Timing:
     """Return a ``Timing`` of ``engine.infer(inputs)`` on a loaded engine: latency stats, samples, throughput.
 
     ``first_inference_ms``: when the caller already ran the engine (e.g. to check its outputs), it
@@ -73,10 +102,13 @@ def benchmark_inference(engine, inputs, warmup_count: int = 10, warmup_s: float 
     made here is timed apart and reported as the first inference, which is only meaningful for an
     engine that has not run since load. ``batch_size`` defaults to the leading axis of the first input.
     The defaults suit a CI box: about 1.2 s per cell for a fast model, at most ~60 s for a slow one.
+    ``rules`` (a ``TimingRules``) replaces the six rule arguments when given.
     """
     if not getattr(engine, "loaded", True):
         raise DeployBenchError(f"{engine!r} is not loaded: call load() before benchmark_inference")
-    _check_rules(warmup_count, warmup_s, min_samples, min_time_s, max_samples, max_time_s)
+    rules = rules or TimingRules(warmup_count, warmup_s, min_samples, min_time_s, max_samples, max_time_s)
+    warmup_count, warmup_s, min_samples = rules.warmup_count, rules.warmup_s, rules.min_samples
+    min_time_s, max_samples, max_time_s = rules.min_time_s, rules.max_samples, rules.max_time_s
     batch = batch_size if batch_size is not None else batch_size_of(inputs)
     infer = engine.infer
     clock = time.perf_counter_ns
@@ -132,18 +164,5 @@ def benchmark_inference(engine, inputs, warmup_count: int = 10, warmup_s: float 
     )
 
 
-def _check_rules(warmup_count, warmup_s, min_samples, min_time_s, max_samples, max_time_s) -> None:
-    if warmup_count < 0 or warmup_s < 0:
-        raise DeployBenchError(f"warm-up count {warmup_count} and time {warmup_s} s must be >= 0")
-    if min_samples < 1:
-        raise DeployBenchError(f"min_samples {min_samples} must be at least 1, e.g. 30")
-    if min_time_s < 0:
-        raise DeployBenchError(f"min_time_s {min_time_s} must be >= 0, e.g. 1.0")
-    if max_samples < min_samples:
-        raise DeployBenchError(f"max_samples {max_samples} is below min_samples {min_samples}: raise max_samples")
-    if max_time_s <= 0 or max_time_s < min_time_s:
-        raise DeployBenchError(f"max_time_s {max_time_s} must be positive and >= min_time_s {min_time_s}")
-
-
-__all__ = ["STOPPED_BY_MAX_SAMPLES", "STOPPED_BY_MAX_TIME", "STOPPED_BY_RULES", "Timing", "batch_size_of",
+__all__ = ["STOPPED_BY_MAX_SAMPLES", "STOPPED_BY_MAX_TIME", "STOPPED_BY_RULES", "Timing", "TimingRules", "batch_size_of",
            "benchmark_inference", "time_first_inference"]

@@ -1,0 +1,57 @@
+"""Child processes of deploybench (the memory child, the pipeline's workers): their environment, and how
+a child that crashed or hung is named and stopped. Plain module: no pytest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+# Files (joined by os.pathsep) every child runs before anything else, so a test or a third party can
+# register an engine that only exists in their code.
+CHILD_PLUGIN_ENV = "DEPLOYBENCH_CHILD_PLUGINS"
+
+
+def run_child_plugins() -> None:
+    """In a child: run the files named by ``CHILD_PLUGIN_ENV``."""
+    import runpy
+
+    for plugin in filter(None, os.environ.get(CHILD_PLUGIN_ENV, "").split(os.pathsep)):
+        runpy.run_path(plugin)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child that must import this very deploybench, and the modules
+    a model built here was defined in (a user's conftest.py, a test file): this process's ``sys.path``."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[3])
+    paths = [package_root, *(p for p in sys.path if p and Path(p).is_dir()), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    env.update(extra or {})
+    return env
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """Kill the child and everything it started (it runs in a session of its own)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_description(returncode: int) -> str:
+    """'killed by SIGSEGV' for a signal, 'exited with code 3' otherwise."""
+    return f"killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with code {returncode}"
+
+
+__all__ = ["CHILD_PLUGIN_ENV", "child_env", "run_child_plugins", "exit_description", "kill_group", "signal_name"]

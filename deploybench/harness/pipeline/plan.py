@@ -1,0 +1,118 @@
+"""Planning: which cells a run has. Which backend runs which format is asked of each engine class, so a
+backend registered by another package plans cells exactly like a built-in one. Nothing is built here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from deploybench.spec import PRECISIONS, Cell, DeployBenchError, ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the parent knows of a model: enough to plan and name its cells, nothing that runs it."""
+
+    name: str
+    ref: str | None = None
+    torch_source: bool = True  # a PyTorch network (else a model file of ``source_format``)
+    source_format: str = "torch"
+    task: str = "generic"
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelInfo:
+        return cls(name=spec.name, ref=spec.ref, torch_source=spec.factory is not None,
+                   source_format=spec.source_format if spec.factory is None else "torch", task=spec.task)
+
+
+def check_backends(backends: Sequence[str]) -> None:
+    """A one-line error naming an unknown backend and the registered ones."""
+    from deploybench.engines import ENGINES
+
+    known = ENGINES.names()
+    for backend in backends:
+        if backend not in known:
+            raise DeployBenchError(f"unknown backend {backend!r}; choose from: {', '.join(known)}")
+
+
+def check_precisions(precisions: Sequence[str]) -> None:
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise DeployBenchError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
+
+
+def cell_formats(model: ModelInfo, backend: str) -> tuple[str, ...]:
+    """The formats ``backend`` runs for ``model``, in the engine's order: from a PyTorch source, each of
+    its formats a converter produces; from a file, the file's own format and what the file converts to."""
+    from deploybench.converters import CONVERSIONS_FROM_FILE, CONVERTERS
+    from deploybench.engines import engine_class
+
+    try:
+        runs = engine_class(backend).formats
+    except DeployBenchError:
+        raise
+    except Exception:  # the engine's module is broken: no cell can run it, and `backends` says why
+        return ()
+    if model.torch_source:
+        producible = set(CONVERTERS.names())
+    else:
+        producible = {model.source_format, *CONVERSIONS_FROM_FILE.get(model.source_format, ())}
+    return tuple(fmt for fmt in runs if fmt in producible)
+
+
+def plan_cells(models: Iterable[ModelInfo | ModelSpec], backends: Sequence[str], precisions: Sequence[str],
+               formats: Sequence[str] | None = None, include_unsupported: bool = False) -> list[Cell]:
+    """Every compatible cell, in model / backend / format / precision order.
+
+    Precisions a backend's engine class does not offer are left out, unless ``include_unsupported``:
+    then they stay, for the pipeline to report as skipped with the reason (a full matrix shows every
+    asked cell). An unknown backend or precision is a one-line ``DeployBenchError``.
+    """
+    from deploybench.engines import engine_class
+
+    check_backends(backends)
+    check_precisions(precisions)
+    cells: list[Cell] = []
+    for model in models:
+        info = model if isinstance(model, ModelInfo) else ModelInfo.of(model)
+        for backend in backends:
+            try:
+                offered = engine_class(backend).precisions
+            except Exception:  # broken engine module: cell_formats plans nothing for it
+                offered = ()
+            for fmt in cell_formats(info, backend):
+                if formats is not None and fmt not in formats:
+                    continue
+                cells.extend(Cell(info.name, fmt, backend, precision) for precision in precisions
+                             if include_unsupported or precision in offered)
+    return list(dict.fromkeys(cells))
+
+
+def select_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+    """The cells of shard ``index`` of ``count``, numbered from 1 as CI matrices number their jobs.
+
+    Chosen by a stable hash of ``cell.id``, so the same cell lands in the same shard on every
+    machine, and the shards partition the cells."""
+    if count < 1 or not 1 <= index <= count:
+        raise DeployBenchError(f"shard {index}/{count} is out of range: use 1 <= index <= count, e.g. 1/4")
+    return [c for c in cells if int(hashlib.sha256(c.id.encode()).hexdigest()[:16], 16) % count == index - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'1/4' -> (1, 4): shard i of n, 1 <= i <= n; a one-line error for anything else.
+
+    The CLI's ``--shard`` and the pytest plugin's ``--shard`` both read it, so a CI matrix job
+    numbered i runs the same cells whichever of the two it calls."""
+    index, _, count = str(text).partition("/")
+    try:
+        pair = int(index), int(count)
+    except ValueError:
+        pair = (0, 0)
+    if pair[1] < 1 or not 1 <= pair[0] <= pair[1]:
+        raise DeployBenchError(f"bad --shard {text!r}: write i/n with 1 <= i <= n, e.g. 1/4")
+    return pair
+
+
+__all__ = ["ModelInfo", "cell_formats", "check_backends", "check_precisions", "parse_shard", "plan_cells",
+           "select_shard"]

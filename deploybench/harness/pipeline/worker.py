@@ -1,0 +1,363 @@
+"""Workers: the processes where model code runs, so the parent only orchestrates.
+
+One worker per model: it resolves the model (a zoo name, a user's ``file.py:factory``, a model file,
+or a model built in the parent and sent pickled), then runs that model's cells through the one
+pipeline (``stages.run_cell``) and sends each ``Result`` back. It stays alive across its model's
+cells, so the price of a process (start-up, importing the libraries) is paid once per model.
+
+The parent reads framed pickles from the worker's stdout (model code that prints is redirected to
+the worker's stderr, which goes to a log) and hears each stage as it starts, so when the worker
+crashes or hangs, the cell fails with the signal or the limit AND the stage. A crash while resolving
+the model or running its reference fails the model's remaining cells; a crash in any other stage
+fails that cell, and the next cell starts a fresh worker. Errors keep their kind across the pipe: a
+``PrecisionNotSupported`` is still a skip, a ``DeployBenchError`` still one clear line.
+
+``InProcessWorker`` is the same interface without the process (``--in-process``), for a debugger.
+
+Run as ``python -m deploybench.harness.pipeline.worker``; nothing else is a public interface here.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+from deploybench.harness.measure.process import child_env, exit_description, kill_group, run_child_plugins
+from deploybench.harness.pipeline.plan import ModelInfo
+from deploybench.harness.pipeline.settings import RunSettings
+from deploybench.harness.pipeline.stages import MEASURES, ModelSession, one_line, run_cell
+from deploybench.models import ModelSource
+from deploybench.spec import (STATUS_FAILED, STATUS_TIMEOUT, Cell, DeployBenchError, PrecisionNotSupported,
+                              Result)
+
+ISOLATED = "worker"
+# Stages where a crash is the model's, not one cell's: every later cell of the model would meet it again.
+MODEL_STAGES = ("resolve", "reference")
+# The memory stage waits for its own child, which has the whole stage limit: give the worker a margin.
+MEMORY_STAGE_MARGIN_S = 30.0
+_HEADER = struct.Struct("!Q")
+
+
+class WorkerError(DeployBenchError):
+    """An unexpected error raised in a worker, rebuilt in the parent with its type and first line."""
+
+
+# ---- the frames ------------------------------------------------------------------------------------
+def send_frame(stream, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _error_frame(exc: BaseException) -> tuple[str, str, str]:
+    kind = "skip" if isinstance(exc, PrecisionNotSupported) else "usage" if isinstance(exc, DeployBenchError) \
+        else "error"
+    return ("error", kind, one_line(exc))
+
+
+def _rebuild_error(kind: str, message: str) -> DeployBenchError:
+    return {"skip": PrecisionNotSupported, "usage": DeployBenchError}.get(kind, WorkerError)(message)
+
+
+class _FrameReader:
+    """Frames from a pipe, waiting at most until a deadline (a hang must not hang the parent)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def _fill(self, size: int, deadline: float) -> None:
+        while len(self.buffer) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.fd, max(size - len(self.buffer), 1 << 16))
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    def read(self, deadline: float) -> Any:
+        self._fill(_HEADER.size, deadline)
+        (size,) = _HEADER.unpack(self.buffer[:_HEADER.size])
+        self._fill(_HEADER.size + size, deadline)
+        data, self.buffer = self.buffer[_HEADER.size:_HEADER.size + size], self.buffer[_HEADER.size + size:]
+        return pickle.loads(data)
+
+
+# ---- the parent's side -----------------------------------------------------------------------------
+class WorkerDied(Exception):
+    """The worker crashed (``failed``) or stopped answering (``timeout``) during ``stage``."""
+
+    def __init__(self, status: str, stage: str, reason: str):
+        super().__init__(reason)
+        self.status, self.stage, self.reason = status, stage, reason
+
+
+class Worker:
+    """A worker process for one model, started on first use and again after a crash."""
+
+    def __init__(self, source: ModelSource, settings: RunSettings, verbose: bool = False):
+        self.source, self.settings, self.verbose = source, settings, verbose
+        self.info: ModelInfo | None = None
+        self.broken: WorkerDied | None = None  # a crash while resolving or in the reference: the model's
+        self.starts = 0
+        self._process: subprocess.Popen | None = None
+        self._reader: _FrameReader | None = None
+        self._log = None
+        self._stage = ""
+
+    # lifecycle
+    def _start(self) -> None:
+        self._log = None if self.verbose else tempfile.TemporaryFile(prefix="deploybench-worker-")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "deploybench.harness.pipeline.worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env())
+        self._reader = _FrameReader(self._process.stdout.fileno())
+        self.starts += 1
+        self._call(("open", self.source, self.verbose), stage="resolve")
+
+    def open(self) -> ModelInfo:
+        """Start the worker and resolve the model there; a user's mistake raises one clear line, a crash
+        raises ``WorkerDied`` (stage ``resolve``)."""
+        if self._process is None:
+            try:
+                self._start()
+                self.info = self._call(("info",), stage="resolve")
+            except WorkerDied as died:
+                self.broken = died
+                raise
+            except DeployBenchError:
+                self._discard_process()
+                raise
+        return self.info
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            send_frame(process.stdin, ("close",))
+            process.stdin.close()
+            process.wait(timeout=10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            kill_group(process)
+            process.wait()
+        finally:
+            process.stdout.close()
+            if self._log is not None:
+                self._log.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # requests
+    def run_cell(self, cell: Cell, measures: Collection[str] = MEASURES,
+                 on_stage: Callable[[str], Any] | None = None) -> Result:
+        """The cell's ``Result``; a crash or hang of the worker is the cell's ``failed`` / ``timeout``."""
+        if self.broken is not None:
+            return Result(cell=cell, isolation=ISOLATED).not_run(self.broken.status, self.broken.stage,
+                                                                  self.broken.reason)
+        try:
+            self.open()
+            return self._call(("cell", cell, self.settings, tuple(measures)), stage="", on_stage=on_stage)
+        except WorkerDied as died:
+            if died.stage in MODEL_STAGES:
+                self.broken = died
+            return Result(cell=cell, isolation=ISOLATED).not_run(died.status, died.stage, died.reason)
+
+    def _stage_limit(self, stage: str) -> float:
+        margin = MEMORY_STAGE_MARGIN_S if stage == "memory" else 0.0
+        return self.settings.timeout_s + margin
+
+    def _call(self, message: tuple, stage: str, on_stage: Callable[[str], Any] | None = None) -> Any:
+        self._stage = stage
+        try:
+            send_frame(self._process.stdin, message)
+        except (BrokenPipeError, OSError):
+            self._died()
+        deadline = time.monotonic() + self._stage_limit(stage)
+        while True:
+            try:
+                frame = self._reader.read(deadline)
+            except TimeoutError:
+                self._hung()
+            except (EOFError, pickle.UnpicklingError, struct.error):
+                self._died()
+            if frame[0] == "stage":
+                self._stage = frame[1]
+                deadline = time.monotonic() + self._stage_limit(self._stage)
+                if on_stage is not None:
+                    on_stage(self._stage)
+            elif frame[0] == "ok":
+                return frame[1]
+            else:
+                raise _rebuild_error(frame[1], frame[2])
+
+    def _hung(self) -> None:
+        stage, limit = self._stage, self._stage_limit(self._stage)
+        self._discard_process()
+        raise WorkerDied(STATUS_TIMEOUT, stage, f"{stage}: no answer within {limit:g} s; worker killed "
+                                                "(raise --cell-timeout if the model is just slow)")
+
+    def _died(self) -> None:
+        stage, process = self._stage, self._process
+        try:
+            returncode = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            returncode = process.wait()
+        last = self._last_log_line() if returncode >= 0 else ""
+        self._discard_process()
+        raise WorkerDied(STATUS_FAILED, stage, f"{stage}: worker {exit_description(returncode)}"
+                                               + (f" ({last})" if last else ""))
+
+    def _last_log_line(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
+
+    def _discard_process(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            kill_group(process)
+            process.wait()
+            process.stdout.close()
+            process.stdin.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class InProcessWorker:
+    """The worker's interface run in this process (``--in-process``, or a model that cannot travel):
+    the same pipeline, without isolation; ``isolation`` on each result says why."""
+
+    def __init__(self, model: Any, settings: RunSettings, isolation: str, verbose: bool = False):
+        self.model, self.settings, self.isolation, self.verbose = model, settings, isolation, verbose
+        self.info: ModelInfo | None = None
+        self.broken = None
+        self.starts = 0
+        self._session: ModelSession | None = None
+
+    def open(self) -> ModelInfo:
+        if self._session is None:
+            from deploybench.models import model_spec
+
+            if not self.verbose:
+                quiet_converters()
+            source = ModelSource(ref=str(self.model)) if isinstance(self.model, (str, Path)) else None
+            spec = source.resolve() if source else model_spec(self.model)
+            self._session = ModelSession(spec, source, self.isolation)
+            self.info = ModelInfo.of(spec)
+        return self.info
+
+    def run_cell(self, cell: Cell, measures: Collection[str] = MEASURES,
+                 on_stage: Callable[[str], Any] | None = None) -> Result:
+        self.open()
+        return run_cell(self._session, cell, self.settings, measures, on_stage)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> InProcessWorker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def make_worker(model: Any, settings: RunSettings, verbose: bool = False) -> Worker | InProcessWorker:
+    """A worker process for ``model`` (a ref, a path or a ModelSpec), or the in-process one when the
+    settings ask for it or the model cannot be sent to another process."""
+    if settings.in_process:
+        return InProcessWorker(model, settings, "in-process (--in-process: a crash ends the run)", verbose)
+    try:
+        source = ModelSource.of(model)
+    except DeployBenchError as exc:
+        return InProcessWorker(model, settings, f"in-process: {exc}", verbose)
+    return Worker(source, settings, verbose)
+
+
+def quiet_converters() -> None:
+    """Hide the exporters' and quantizers' own warnings (per-op notes, deprecations, missing torchvision
+    ops) so the parent's progress bar and table stay readable; errors still show, and a cell's failure
+    reason carries its own message. ``--verbose`` keeps everything."""
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torch", "torch.onnx", "onnxscript", "nncf", "openvino", "coremltools", "absl", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+# ---- the worker's side -----------------------------------------------------------------------------
+def serve(requests, replies) -> None:
+    """Answer the parent's requests until it says close (or goes away)."""
+    session: ModelSession | None = None
+
+    def on_stage(name: str) -> None:
+        send_frame(replies, ("stage", name))
+
+    while True:
+        try:
+            size = requests.read(_HEADER.size)
+            if len(size) < _HEADER.size:
+                return
+            message = pickle.loads(requests.read(_HEADER.unpack(size)[0]))
+        except EOFError:
+            return
+        kind = message[0]
+        try:
+            if kind == "close":
+                return
+            if kind == "open":
+                source, verbose = message[1], message[2]
+                if not verbose:
+                    quiet_converters()
+                session = ModelSession(source.resolve(), source, ISOLATED)
+                reply = None
+            elif kind == "info":
+                reply = ModelInfo.of(session.spec)
+            elif kind == "cell":
+                reply = run_cell(session, message[1], message[2], message[3], on_stage)
+            else:
+                raise DeployBenchError(f"unknown worker request {kind!r}")
+        except Exception as exc:
+            send_frame(replies, _error_frame(exc))
+            continue
+        send_frame(replies, ("ok", reply))
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever model code prints goes to the log, never into the frames
+    run_child_plugins()
+    try:
+        serve(sys.stdin.buffer, replies)
+    finally:
+        replies.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
