@@ -126,6 +126,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
     shard = parse_shard(args.shard) if args.shard else None
     settings = settings_from_options(lambda dest: getattr(args, dest, None))
+    if args.input_shape and not any(".py:" in ref for ref in refs):
+        raise DeployBenchError("--input-shape is for a user's model file (file.py:factory); zoo models and "
+                               "model files have fixed inputs")
     models = [_model_ref(ref, args.input_shape) for ref in refs]
     matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
                                       progress=not args.no_progress, shard=shard,
@@ -145,16 +148,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _model_ref(ref: str, input_shapes: Sequence[str] | None) -> str:
     """The ref a worker resolves: a ``file.py:factory`` gets the ``--input-shape``s as ``@1x3x64x64,...``."""
-    from .models import MODELS
-
     if ref.endswith(".py"):
         raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
-    if not input_shapes:
+    if not input_shapes or ".py:" not in ref:
         return ref
     shapes = ",".join("x".join(map(str, parse_shape(text))) for text in input_shapes)
-    if ".py:" not in ref:
-        kind = f"zoo model {ref!r} has" if ref in MODELS.names() else f"{ref} has"
-        raise DeployBenchError(f"--input-shape is for a user's model file (file.py:factory); {kind} fixed inputs")
     return f"{ref.partition('@')[0]}@{shapes}"
 
 

@@ -10,7 +10,12 @@ import pytest
 
 from deploybench.spec import Accuracy, Cell, LatencyStats, ModelSpec, Result, TensorSpec
 
-FAST = {"memory": False, "warmup_count": 2, "warmup_s": 0.0, "min_samples": 5, "min_time_s": 0.05}
+def fast_settings(**overrides):
+    from deploybench.harness.measure.timing import TimingRules
+    from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
+
+    return RunSettings(memory=MemoryRules(enabled=False),
+                       timing=TimingRules(warmup_count=2, warmup_s=0.0, min_samples=5, min_time_s=0.05), **overrides)
 FEW_IMAGES = 16
 
 
@@ -44,22 +49,22 @@ def firing_detector_spec() -> ModelSpec:
 
 @pytest.mark.onnxruntime
 def test_run_cell_of_a_detector_reports_map_agreement_and_end_to_end_latency():
-    from deploybench.harness.pipeline.matrix import RunSettings, run_cell
+    from deploybench.harness.pipeline.matrix import run_one_cell
     from deploybench.harness.report.render import markdown_report, terminal_table
 
     spec = firing_detector_spec()
-    result = run_cell(spec, Cell(spec.name, "onnx", "onnxruntime", "fp32"), RunSettings(threads=1, **FAST))
+    result = run_one_cell(spec, Cell(spec.name, "onnx", "onnxruntime", "fp32"), fast_settings(threads=1))
     assert result.ok, result.reason
 
     assert result.accuracy.metric == "map50"
-    detection = result.extra["detection"]
+    detection = result.accuracy.per_output["detection"]
     assert detection["images"] == FEW_IMAGES
     assert result.accuracy.metric_value == detection["map50"]
     assert 0.0 <= detection["map50_95"] <= detection["map50"] <= 1.0
     assert abs(detection["map50"] - detection["reference_map50"]) <= 0.005
     assert detection["map50_drop"] == pytest.approx(detection["reference_map50"] - detection["map50"])
 
-    agreement = result.extra["detection_agreement"]
+    agreement = result.accuracy.per_output["detection_agreement"]
     assert agreement["matched"] > 50  # the firing head finds dozens of boxes in 16 images
     assert agreement["lost"] + agreement["added"] <= 0.02 * agreement["matched"]
     assert agreement["mean_iou"] > 0.999 and agreement["mean_score_delta"] < 1e-3
@@ -70,8 +75,8 @@ def test_run_cell_of_a_detector_reports_map_agreement_and_end_to_end_latency():
     assert result.extra["e2e_ms"] >= stages["inference"]
     assert result.extra["e2e_images"] == FEW_IMAGES  # all the held-out images there are (32 are asked for)
 
-    assert result.extra["tolerance"]["passed"]
-    assert "map50_drop" in result.extra["tolerance"]["message"]  # judged on mAP, not on raw heatmaps
+    assert result.tolerance.passed
+    assert "map50_drop" in result.tolerance.message  # judged on mAP, not on raw heatmaps
 
     for text in (terminal_table([result]), markdown_report([result])):
         assert "mAP Δ" in text and "e2e ms" in text
@@ -142,21 +147,21 @@ def test_shapes_detector_plans_every_compatible_cell():
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
 def test_trained_detector_matrix_keeps_fp32_map_and_reports_the_int8_drop():
-    from deploybench.harness.pipeline.matrix import RunSettings, run_deployment_benchmark
+    from deploybench.harness.pipeline.matrix import run_deployment_benchmark
     from deploybench.harness.report.render import terminal_table
     from deploybench.models import get_model
 
     spec = get_model("shapes_detector")
     matrix = run_deployment_benchmark([spec], backends=("torch", "onnxruntime", "openvino"),
-                                      precisions=("fp32", "int8"), settings=RunSettings(**FAST), progress=False)
+                                      precisions=("fp32", "int8"), settings=fast_settings(), progress=False)
     assert not matrix.failed, [(r.cell.id, r.reason) for r in matrix.problems()]
     by_cell = {(r.cell.format, r.cell.backend, r.cell.precision): r for r in matrix.results if r.ok}
     assert {("onnx", "onnxruntime", "int8"), ("openvino", "openvino", "int8"),
             ("onnx", "openvino", "fp32")} <= set(by_cell)
-    torch_map = by_cell["torch", "torch", "fp32"].extra["detection"]["map50"]
+    torch_map = by_cell["torch", "torch", "fp32"].accuracy.per_output["detection"]["map50"]
     assert torch_map >= 0.8
     for (fmt, backend, precision), result in by_cell.items():
-        detection, agreement = result.extra["detection"], result.extra["detection_agreement"]
+        detection, agreement = result.accuracy.per_output["detection"], result.accuracy.per_output["detection_agreement"]
         assert detection["reference_map50"] == pytest.approx(torch_map)
         assert detection["map50_95"] <= detection["map50"]
         assert result.extra["e2e_ms"] >= result.extra["stage_ms"]["inference"] > 0

@@ -183,8 +183,11 @@ def test_torch_format_errors_name_the_fix(small_cnn_spec, tmp_path):
         read_artifact(not_a_program)
     from deploybench.converters import torch_artifact
 
+    import dataclasses
+
+    no_module = dataclasses.replace(torch_artifact(small_cnn_spec), module=None)  # a torch artifact with no file
     with pytest.raises(DeployBenchError, match="pass module="):
-        TorchEngine(torch_artifact(small_cnn_spec)).load()
+        TorchEngine(no_module).load()
 
 
 class PositionalTokens(nn.Module):

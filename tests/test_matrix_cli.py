@@ -12,12 +12,16 @@ import pytest
 
 from deploybench.converters import deploy_model
 from deploybench.harness.pipeline.compare import compare_backends
-from deploybench.harness.pipeline.matrix import (SCHEMA, Matrix, RunSettings, parse_shard, plan_cells,
-                                        run_cell, select_shard)
+from deploybench.harness.measure.timing import TimingRules
+from deploybench.harness.pipeline.matrix import run_one_cell
+from deploybench.harness.pipeline.plan import parse_shard, plan_cells, select_shard
+from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
+from deploybench.harness.results.matrix import SCHEMA, Matrix
 from deploybench.models import model_from_artifact
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 
-FAST = dict(warmup_count=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, memory=False)
+FAST = dict(timing=TimingRules(warmup_count=2, warmup_s=0.0, min_samples=10, min_time_s=0.05),
+            memory=MemoryRules(enabled=False))
 
 
 def test_plan_cells_from_a_pytorch_model(small_cnn_spec):
@@ -38,9 +42,9 @@ def test_plan_cells_of_a_bring_your_own_onnx_file(small_cnn_spec):
     onnx_path = deploy_model(small_cnn_spec, "onnx").path
     spec = model_from_artifact(onnx_path)
     cells = plan_cells([spec], ["torch", "onnxruntime", "openvino", "tensorrt"], ["fp32"])
+    # the engine classes say what runs what: TensorRT runs its own plans, built from the ONNX file
     assert [(c.format, c.backend) for c in cells] == [("onnx", "onnxruntime"), ("openvino", "openvino"),
-                                                      ("onnx", "openvino"), ("tensorrt", "tensorrt"),
-                                                      ("onnx", "tensorrt")]
+                                                      ("onnx", "openvino"), ("tensorrt", "tensorrt")]
 
 
 def test_unknown_backend_or_precision_is_one_line_naming_the_choices(small_cnn_spec):
@@ -68,29 +72,30 @@ def test_shards_partition_the_cells_deterministically():
 
 def test_run_settings_say_how_to_fix_a_bad_value():
     with pytest.raises(DeployBenchError, match="raise max_samples"):
-        RunSettings(min_samples=50, max_samples=10)
+        TimingRules(min_samples=50, max_samples=10)
     with pytest.raises(DeployBenchError, match="positive integer"):
         RunSettings(threads=0)
 
 
 @pytest.mark.parametrize("fmt,backend", [("torch", "torch"), ("onnx", "onnxruntime"), ("openvino", "openvino")])
 def test_run_cell_of_small_cnn_fp32_matches_torch(small_cnn_spec, fmt, backend):
-    result = run_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(threads=1, **FAST))
+    result = run_one_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(threads=1, **FAST))
     assert result.status == "ok", result.reason
+    assert result.isolation == "worker"  # the model built here was sent to a worker and run there
     assert result.latency_ms.n >= 10 and result.latency_ms.median > 0
     assert result.first_inference_ms > 0 and result.load_ms is not None
     assert result.accuracy.max_abs_error <= 1e-4
     assert result.accuracy.cosine > 0.99999
     assert result.accuracy.top1_agreement == 1.0
     assert result.accuracy.reference == "torch fp32 eager"
-    assert result.extra["tolerance"]["passed"], result.extra["tolerance"]["message"]
+    assert result.tolerance.passed, result.tolerance.message
     if fmt != "torch":
         assert result.artifact_bytes > 1000
 
 
 def test_run_cell_measures_memory_in_a_child_first(small_cnn_spec):
-    settings = RunSettings(threads=1, **{**FAST, "memory": True})
-    result = run_cell(small_cnn_spec, Cell("small_cnn", "onnx", "onnxruntime", "fp32"), settings)
+    settings = RunSettings(threads=1, in_process=True, **{**FAST, "memory": MemoryRules()})
+    result = run_one_cell(small_cnn_spec, Cell("small_cnn", "onnx", "onnxruntime", "fp32"), settings)
     assert result.status == "ok", result.reason
     assert result.peak_rss_mb >= result.baseline_rss_mb > 10
 
@@ -100,8 +105,8 @@ def test_run_cell_measures_memory_in_a_child_first(small_cnn_spec):
     pytest.param("coreml", "coreml", "macOS", marks=pytest.mark.slow),  # importing coremltools takes ~8 s
 ])
 def test_a_backend_missing_here_is_skipped_with_its_reason(small_cnn_spec, fmt, backend, why):
-    result = run_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(**FAST))
-    assert result.status == "skipped"
+    result = run_one_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(in_process=True, **FAST))
+    assert result.status == "skipped" and result.stage == "availability"
     assert why in result.reason and "\n" not in result.reason
 
 

@@ -10,13 +10,17 @@ import pytest
 
 from deploybench.converters import deploy_model
 from deploybench.engines import backend_availability, create_deployer
-from deploybench.harness.pipeline.matrix import RunSettings, plan_cells, run_cell, run_deployment_benchmark
+from deploybench.harness.measure.timing import TimingRules
+from deploybench.harness.pipeline.matrix import run_deployment_benchmark, run_one_cell
+from deploybench.harness.pipeline.plan import plan_cells
+from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.harness.measure.accuracy import make_reference, task_metric
 from deploybench.harness.report.render import terminal_table
 from deploybench.models import get_model, model_spec
 from deploybench.spec import Cell
 
-QUICK = RunSettings(threads=1, warmup_count=1, warmup_s=0.0, min_samples=3, min_time_s=0.0, memory=False)
+QUICK = RunSettings(threads=1, timing=TimingRules(warmup_count=1, warmup_s=0.0, min_samples=3, min_time_s=0.0),
+                    memory=MemoryRules(enabled=False))
 INT8_BACKENDS = [("onnx", "onnxruntime"), ("openvino", "openvino"),
                  pytest.param("tflite", "tflite", marks=pytest.mark.slow)]  # litert-torch export: ~30 s cold
 
@@ -93,7 +97,7 @@ def test_precisions_a_backend_cannot_express_are_skips_with_reasons(small_cnn_sp
     assert {c.id for c in cells} == {"small_cnn-torch-torch-bf16", "small_cnn-torch-torch-int8",
                                      "small_cnn-onnx-onnxruntime-bf16", "small_cnn-onnx-onnxruntime-int8"}
     for cell in (Cell("small_cnn", "torch", "torch", "int8"), Cell("small_cnn", "onnx", "onnxruntime", "bf16")):
-        result = run_cell(small_cnn_spec, cell, QUICK)
+        result = run_one_cell(small_cnn_spec, cell, QUICK)
         assert result.status == "skipped", result.reason
         assert f"backend {cell.backend} has no {cell.precision} mode; it runs:" in result.reason
         assert "\n" not in result.reason
@@ -113,8 +117,8 @@ def test_coreml_and_tensorrt_cells_are_skips_with_reasons_not_failures(small_cnn
             if available:
                 assert result.status in ("ok", "skipped"), (result.cell.id, result.reason)
             else:
-                assert result.status == "skipped"
-                assert result.reason == why
+                assert result.status == "skipped" and result.stage == "availability"
+                assert result.reason == f"{backend} cannot run here: {why}"
             assert result.status == "ok" or result.reason
     assert not matrix.failed
 

@@ -160,7 +160,7 @@ def test_a_crashing_child_is_failed_with_the_signal_and_the_parent_goes_on(misbe
     x = np.ones((1, 4), np.float32)
     memory = benchmark_memory_usage(misbehaving, "test_crash", "fp32", {"x": x}, timeout_s=120)
     assert memory.status == "failed"
-    assert memory.reason == "child process killed by SIGSEGV"
+    assert memory.reason == "memory child killed by SIGSEGV"
     assert memory.peak_rss_mb is None
 
 

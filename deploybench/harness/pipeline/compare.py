@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploybench.harness.results.matrix import Matrix
-from deploybench.spec import BACKEND_FORMATS, DeployBenchError
+from deploybench.spec import DeployBenchError
 
 
 @dataclass
@@ -52,7 +52,7 @@ def compare_backends(matrix_or_results, baseline: str = "torch", model: str | No
     for name in models:
         cells = [r for r in results if r.cell.model == name]
         candidates = [r for r in cells if r.cell.backend == baseline and r.cell.precision == "fp32" and r.ok]
-        native = BACKEND_FORMATS.get(baseline, ())
+        native = _formats_of(baseline)
         candidates.sort(key=lambda r: native.index(r.cell.format) if r.cell.format in native else len(native))
         base = candidates[0] if candidates else None
         model_rows = []
@@ -74,6 +74,13 @@ def compare_backends(matrix_or_results, baseline: str = "torch", model: str | No
         model_rows.sort(key=lambda row: (row["speedup"] is None, -(row["speedup"] or 0)))
         rows.extend(model_rows)
     return Comparison(baseline=baseline, rows=rows)
+
+
+def _formats_of(backend: str) -> tuple[str, ...]:
+    """The backend's formats, its native one first (what its engine class says); () for an unknown one."""
+    from deploybench.engines import ENGINES, engine_class
+
+    return tuple(engine_class(backend).formats) if backend in ENGINES.names() else ()
 
 
 __all__ = ["Comparison", "compare_backends"]

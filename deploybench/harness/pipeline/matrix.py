@@ -37,8 +37,8 @@ def _info_without_running(model: Any) -> ModelInfo:
     return ModelInfo(name=name, ref=ref, torch_source=fmt is None, source_format=fmt or "torch")
 
 
-def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = False,
-                 on_model: Any = None) -> list[tuple[ModelInfo, Runner]]:
+def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = False
+                 ) -> list[tuple[ModelInfo, Runner]]:
     """One worker per model, with the model resolved in it: [(info, worker)], in the given order.
 
     A user's mistake (a wrong path, a shape that does not fit) raises its one-line ``DeployBenchError``
@@ -49,8 +49,6 @@ def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = F
         for model in models:
             worker = make_worker(model, settings, verbose)
             opened.append((_info_without_running(model), worker))
-            if on_model is not None:
-                on_model(opened[-1][0].name)
             try:
                 opened[-1] = (worker.open(), worker)
             except WorkerDied:
@@ -131,10 +129,8 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
     models = list(models)
     check_backends(backends)  # a typo costs nothing: checked before any worker starts
     check_precisions(precisions)
-    bar = Progress(total=len(models), enabled=progress)
-    bar.describe("resolving models")
-    opened = open_workers(models, settings, verbose, on_model=lambda name: bar.describe(f"{name}: resolve"))
-    bar.close()
+    # no bar while resolving: a user's mistake found there is one line on a clean stderr
+    opened = open_workers(models, settings, verbose)
     try:
         cells = plan_cells([info for info, _ in opened], list(backends), list(precisions), formats=formats,
                            include_unsupported=True)
@@ -153,4 +149,18 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
         "worker_starts": {info.name: worker.starts for info, worker in opened}})
 
 
-__all__ = ["Progress", "close_workers", "open_workers", "run_cells", "run_deployment_benchmark"]
+
+
+def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
+                 measures: Collection[str] = MEASURES) -> Result:
+    """Measure one cell of ``model`` (a ref or a ModelSpec) in a worker of its own (or in this process
+    with ``settings.in_process``): the same pipeline ``run_deployment_benchmark`` runs."""
+    with make_worker(model, settings or RunSettings()) as worker:
+        try:
+            worker.open()
+        except WorkerDied:
+            pass  # run_cell reports the crash as the cell's
+        return worker.run_cell(cell, measures)
+
+
+__all__ = ["Progress", "close_workers", "open_workers", "run_cells", "run_deployment_benchmark", "run_one_cell"]
