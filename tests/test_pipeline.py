@@ -48,6 +48,9 @@ MISBEHAVING_MODEL = textwrap.dedent('''
                         os.kill(os.getpid(), signal.SIGSEGV)
                     elif self.action == "abort":
                         os.abort()
+                    elif self.action == "hog":
+                        hoard = torch.ones(750_000_000)  # 3 GB, touched
+                        time.sleep(600)
                     else:
                         time.sleep(600)
             return self.conv(x).mean(dim=(2, 3))
@@ -63,6 +66,10 @@ MISBEHAVING_MODEL = textwrap.dedent('''
     def hang_on_second_call():
         torch.manual_seed(0)
         return Misbehaving(2, "hang").eval()
+
+    def hog_on_second_call():
+        torch.manual_seed(0)
+        return Misbehaving(2, "hog").eval()
 
     def healthy():
         torch.manual_seed(0)
@@ -146,6 +153,16 @@ def test_a_hang_is_a_timeout_at_its_stage_and_the_run_goes_on(model_file):
     assert "no answer within 8 s; worker killed" in result.reason
 
 
+def test_a_cell_over_the_memory_limit_fails_saying_so_and_the_run_goes_on(model_file):
+    settings = RunSettings(threads=1, timing=QUICK.timing, memory=QUICK.memory, max_memory_mb=1500)
+    matrix = run_deployment_benchmark([_ref(model_file, "hog_on_second_call"), "digits_cnn"],
+                                      backends=["torch"], settings=settings, progress=False)
+    hog, digits = matrix.results
+    assert (hog.status, hog.stage) == ("failed", "first_inference")
+    assert "out of memory" in hog.reason and "over --max-memory 1500 MB; killed" in hog.reason
+    assert digits.ok, digits.reason
+
+
 def test_one_worker_serves_every_cell_of_a_model_and_no_model_code_runs_here(model_file):
     import deploybench.models as models
 
@@ -227,3 +244,53 @@ def test_a_model_that_cannot_travel_runs_here_and_says_why():
     result = run_one_cell(unpicklable, Cell("local", "onnx", "onnxruntime", "fp32"), QUICK)
     assert result.ok, result.reason
     assert result.isolation.startswith("in-process: model 'local' cannot be sent to another process")
+
+
+# ---- a CPU without a precision: the probe's answer, simulated both ways and taken for real --------
+PROBE_ANSWER = textwrap.dedent('''
+    import os
+    import deploybench.engines.openvino as openvino_engine
+
+    # What the compiled model reports back is the probe; answer as a CPU with or without native FP16 would.
+    openvino_engine._precision_name = lambda value: os.environ["DEPLOYBENCH_TEST_F16_ANSWER"]
+''')
+
+
+def _openvino_fp16(model_file, tmp_path, answer: str | None):
+    env = {}
+    if answer is not None:
+        plugin = tmp_path / "probe_answer.py"
+        plugin.write_text(PROBE_ANSWER)
+        env = {CHILD_PLUGIN_ENV: str(plugin), "DEPLOYBENCH_TEST_F16_ANSWER": answer}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return run_one_cell(_ref(model_file, "healthy"), Cell("misbehaving", "openvino", "openvino", "fp16"), QUICK)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("answer,status", [("bf16", "skipped"), ("f16", "ok")])
+def test_the_fp16_probe_answer_decides_skip_or_run(model_file, tmp_path, answer, status):
+    result = _openvino_fp16(model_file, tmp_path, answer)
+    assert result.status == status, result.reason
+    if status == "skipped":
+        assert result.stage == "load" and "ran model.xml in bf16, not the f16 asked for fp16" in result.reason
+    else:
+        assert result.precision_ran == "fp16" and result.tolerance.passed
+
+
+@pytest.mark.openvino
+def test_fp16_on_this_cpu_follows_its_flags(model_file, tmp_path):
+    """Taken for real: an Intel Xeon with AVX-512 FP16 runs the f16 hint; an AMD EPYC without it runs bf16."""
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    result = _openvino_fp16(model_file, tmp_path, answer=None)
+    if "avx512_fp16" in flags or "amx_fp16" in flags:
+        assert result.status == "ok", result.reason
+    else:
+        assert (result.status, result.stage) == ("skipped", "load"), result.reason

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deploybench.harness.measure.process import CHILD_PLUGIN_ENV, child_env, exit_description, kill_group
+from deploybench.harness.measure.process import CHILD_PLUGIN_ENV, DEFAULT_TIMEOUT_S, child_env, exit_description, kill_group
 from deploybench.models import ModelSource
 from deploybench.spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact, DeployBenchError
 
@@ -56,7 +56,7 @@ class Memory:
 
 
 def benchmark_memory_usage(artifact_or_ref: Artifact | str | Path, backend: str, precision: str, inputs,
-                           threads: int | None = None, runs: int = 10, timeout_s: float = 300,
+                           threads: int | None = None, runs: int = 10, timeout_s: float = DEFAULT_TIMEOUT_S,
                            model_source: ModelSource | str | None = None) -> Memory:
     """Return a ``Memory`` (peak/baseline/load RSS in MB, status, reason) of a fresh child process.
 

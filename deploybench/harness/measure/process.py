@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 
 
+# Seconds a child (or one stage of a cell in a worker) may run before it is killed as a timeout. A TFLite
+# conversion of ResNet-18 took 95 s on a busy 2-core box; the limit is for hangs, not slow models.
+DEFAULT_TIMEOUT_S = 300.0
+
 # Files (joined by os.pathsep) every child runs before anything else, so a test or a third party can
 # register an engine that only exists in their code.
 CHILD_PLUGIN_ENV = "DEPLOYBENCH_CHILD_PLUGINS"
@@ -54,4 +58,4 @@ def exit_description(returncode: int) -> str:
     return f"killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with code {returncode}"
 
 
-__all__ = ["CHILD_PLUGIN_ENV", "child_env", "run_child_plugins", "exit_description", "kill_group", "signal_name"]
+__all__ = ["CHILD_PLUGIN_ENV", "DEFAULT_TIMEOUT_S", "child_env", "run_child_plugins", "exit_description", "kill_group", "signal_name"]

@@ -44,6 +44,8 @@ ISOLATED = "worker"
 MODEL_STAGES = ("resolve", "reference")
 # The memory stage waits for its own child, which has the whole stage limit: give the worker a margin.
 MEMORY_STAGE_MARGIN_S = 30.0
+# How often the parent looks at the worker's resident memory when a limit is set.
+MEMORY_WATCH_INTERVAL_S = 0.1
 _HEADER = struct.Struct("!Q")
 
 
@@ -74,23 +76,27 @@ class _FrameReader:
     def __init__(self, fd: int):
         self.fd, self.buffer = fd, b""
 
-    def _fill(self, size: int, deadline: float) -> None:
+    def _fill(self, size: int, deadline: float, watch: Callable[[], None] | None) -> None:
         while len(self.buffer) < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], remaining)
+            ready, _, _ = select.select([self.fd], [], [], min(remaining, MEMORY_WATCH_INTERVAL_S)
+                                        if watch else remaining)
+            if watch is not None:
+                watch()
             if not ready:
-                raise TimeoutError
+                continue
             chunk = os.read(self.fd, max(size - len(self.buffer), 1 << 16))
             if not chunk:
                 raise EOFError
             self.buffer += chunk
 
-    def read(self, deadline: float) -> Any:
-        self._fill(_HEADER.size, deadline)
+    def read(self, deadline: float, watch: Callable[[], None] | None = None) -> Any:
+        """The next frame; ``watch()`` is called every ``MEMORY_WATCH_INTERVAL_S`` while waiting."""
+        self._fill(_HEADER.size, deadline, watch)
         (size,) = _HEADER.unpack(self.buffer[:_HEADER.size])
-        self._fill(_HEADER.size + size, deadline)
+        self._fill(_HEADER.size + size, deadline, watch)
         data, self.buffer = self.buffer[_HEADER.size:_HEADER.size + size], self.buffer[_HEADER.size + size:]
         return pickle.loads(data)
 
@@ -107,7 +113,7 @@ class WorkerDied(Exception):
 class Worker:
     """A worker process for one model, started on first use and again after a crash."""
 
-    def __init__(self, source: ModelSource, settings: RunSettings, verbose: bool = False):
+    def __init__(self, source: ModelSource | None, settings: RunSettings, verbose: bool = False):
         self.source, self.settings, self.verbose = source, settings, verbose
         self.info: ModelInfo | None = None
         self.broken: WorkerDied | None = None  # a crash while resolving or in the reference: the model's
@@ -125,7 +131,7 @@ class Worker:
             stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env())
         self._reader = _FrameReader(self._process.stdout.fileno())
         self.starts += 1
-        self._call(("open", self.source, self.verbose), stage="resolve")
+        self._call(("open", self.source, self.verbose), stage="resolve" if self.source else "start")
 
     def open(self) -> ModelInfo:
         """Start the worker and resolve the model there; a user's mistake raises one clear line, a crash
@@ -179,6 +185,13 @@ class Worker:
                 self.broken = died
             return Result(cell=cell, isolation=ISOLATED).not_run(died.status, died.stage, died.reason)
 
+    def call(self, target: str, *args: Any) -> Any:
+        """``module:function(*args)`` run in the worker (a model of its own is not needed); its return value
+        comes back, its error is raised here with its kind, a crash or hang raises ``WorkerDied``."""
+        if self._process is None:
+            self._start()
+        return self._call(("call", target, args), stage="call")
+
     def _stage_limit(self, stage: str) -> float:
         margin = MEMORY_STAGE_MARGIN_S if stage == "memory" else 0.0
         return self.settings.timeout_s + margin
@@ -192,7 +205,7 @@ class Worker:
         deadline = time.monotonic() + self._stage_limit(stage)
         while True:
             try:
-                frame = self._reader.read(deadline)
+                frame = self._reader.read(deadline, self._watch_memory if self.settings.max_memory_mb else None)
             except TimeoutError:
                 self._hung()
             except (EOFError, pickle.UnpicklingError, struct.error):
@@ -206,6 +219,33 @@ class Worker:
                 return frame[1]
             else:
                 raise _rebuild_error(frame[1], frame[2])
+
+    def _watch_memory(self) -> None:
+        """Kill the worker (and the processes it started) when their resident memory passes the limit."""
+        import psutil
+
+        try:
+            root = psutil.Process(self._process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = 0
+        for process in processes:
+            try:
+                rss += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        limit = self.settings.max_memory_mb
+        if rss / 2**20 > limit:
+            stage = self._stage
+            for process in processes[1:]:  # the memory child runs in a session of its own
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    continue
+            self._discard_process()
+            raise WorkerDied(STATUS_FAILED, stage, f"{stage}: out of memory: the worker held {rss / 2**20:.0f} MB, "
+                                                   f"over --max-memory {limit:g} MB; killed")
 
     def _hung(self) -> None:
         stage, limit = self._stage, self._stage_limit(self._stage)
@@ -334,8 +374,13 @@ def serve(requests, replies) -> None:
                 source, verbose = message[1], message[2]
                 if not verbose:
                     quiet_converters()
-                session = ModelSession(source.resolve(), source, ISOLATED)
+                session = ModelSession(source.resolve(), source, ISOLATED) if source is not None else None
                 reply = None
+            elif kind == "call":
+                import importlib
+
+                module_name, _, name = message[1].partition(":")
+                reply = getattr(importlib.import_module(module_name), name)(*message[2])
             elif kind == "info":
                 reply = ModelInfo.of(session.spec)
             elif kind == "cell":
