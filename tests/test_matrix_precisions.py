@@ -125,7 +125,7 @@ def test_coreml_and_tensorrt_cells_are_skips_with_reasons_not_failures(small_cnn
 
 def test_a_model_can_switch_off_a_criterion_that_means_nothing_for_it():
     """resnet18's untrained head makes top-1 agreement a tie-break; its int8 cells are judged on error figures."""
-    from deploybench.harness.measure.accuracy import check_tolerance
+    from deploybench.harness.measure.tolerance import check_tolerance
     from deploybench.models import get_model
     from deploybench.spec import Accuracy
 

@@ -94,10 +94,26 @@ class Progress:
             self._bar.close()
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or a termination signal arrived during a run: what was measured so far is kept."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (a CI runner cancelling the job, ``kill``) into ``RunInterrupted`` in this process,
+    so a run writes what it measured before it goes; Ctrl-C already arrives as KeyboardInterrupt."""
+    import signal
+
+    def interrupt(number, frame):
+        raise RunInterrupted("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_cells(workers: dict[str, Runner], cells: Sequence[Cell], measures: Collection[str] = MEASURES,
-              progress: Progress | None = None) -> list[Result]:
-    """Each cell's ``Result`` from its model's worker, in the order of ``cells``."""
-    results = []
+              progress: Progress | None = None, results: list[Result] | None = None) -> list[Result]:
+    """Each cell's ``Result`` from its model's worker, in the order of ``cells``, appended to ``results``
+    (a list the caller keeps: when the run is interrupted, it holds every cell finished so far)."""
+    results = [] if results is None else results
     for cell in cells:
         def on_stage(stage: str, cell_id: str = cell.id) -> None:
             if progress is not None:
@@ -113,12 +129,16 @@ def run_cells(workers: dict[str, Runner], cells: Sequence[Cell], measures: Colle
 def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxruntime", "openvino"),
                              precisions: Sequence[str] = ("fp32",), settings: RunSettings | None = None,
                              progress: bool = True, shard: tuple[int, int] | None = None,
-                             formats: Sequence[str] | None = None, verbose: bool = False) -> Matrix:
+                             formats: Sequence[str] | None = None, verbose: bool = False,
+                             resume: Matrix | None = None) -> Matrix:
     """Run every compatible cell of ``models`` x ``backends`` x ``precisions`` and return the ``Matrix``.
 
     ``models``: zoo names, refs (``file.py:factory@1x3x64x64``, a model file) or ``ModelSpec`` objects
     (``model_from_module``); each is resolved and run in a worker process of its own. ``shard=(index,
     count)`` runs one shard of the cells, numbered from 1. Progress goes to stderr (tqdm).
+    ``resume``: a matrix from an earlier (interrupted) run of the same cells; its results are kept and
+    only the cells it lacks are run. Ctrl-C or ``RunInterrupted`` returns the matrix of the cells
+    finished so far, with ``incomplete`` saying why.
     """
     from deploybench.harness.measure.machine import machine_info
     from deploybench.harness.pipeline.plan import check_backends, check_precisions
@@ -136,14 +156,24 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
                            include_unsupported=True)
         if shard is not None:
             cells = select_shard(cells, *shard)
-        bar = Progress(total=len(cells), enabled=progress)
+        done = {r.cell.id: r for r in resume.results} if resume is not None else {}
+        results: list[Result] = []
+        bar = Progress(total=len(cells) - sum(cell.id in done for cell in cells), enabled=progress)
+        incomplete = ""
         try:
-            results = run_cells({info.name: worker for info, worker in opened}, cells, progress=bar)
+            run_cells({info.name: worker for info, worker in opened}, [c for c in cells if c.id not in done],
+                      progress=bar, results=results)
+        except KeyboardInterrupt as stop:
+            incomplete = f"interrupted ({stop.args[0] if stop.args else 'Ctrl-C'}) after {len(results)} of " \
+                         f"{len(cells) - len(done)} cells; `--resume` runs the rest"
         finally:
             bar.close()
     finally:
         close_workers(worker for _, worker in opened)
-    return Matrix(results=results, machine=machine_info(), settings={
+    measured = {r.cell.id: r for r in results}
+    ordered = [done.get(cell.id) or measured.get(cell.id) for cell in cells]
+    return Matrix(results=[r for r in ordered if r is not None], incomplete=incomplete, machine=machine_info(),
+                  settings={
         **settings.to_dict(), "models": [info.ref or info.name for info, _ in opened], "backends": list(backends),
         "precisions": list(precisions), "shard": list(shard) if shard else None,
         "worker_starts": {info.name: worker.starts for info, worker in opened}})
@@ -163,4 +193,4 @@ def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
         return worker.run_cell(cell, measures)
 
 
-__all__ = ["Progress", "close_workers", "open_workers", "run_cells", "run_deployment_benchmark", "run_one_cell"]
+__all__ = ["Progress", "RunInterrupted", "close_workers", "stop_on_sigterm", "open_workers", "run_cells", "run_deployment_benchmark", "run_one_cell"]

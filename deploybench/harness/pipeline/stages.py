@@ -156,7 +156,8 @@ def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: 
 def judge_accuracy(engine, session: ModelSession, cell: Cell, inputs, reference, settings: RunSettings,
                    result: Result) -> None:
     """Errors against the reference on the same seeded (or held-out real) inputs, and the tolerance verdict."""
-    from deploybench.harness.measure.accuracy import benchmark_precision, check_tolerance
+    from deploybench.harness.measure.accuracy import benchmark_precision
+    from deploybench.harness.measure.tolerance import check_tolerance
 
     spec = session.spec
     result.accuracy = benchmark_precision(engine, reference, inputs, spec=spec, dims=settings.dims)

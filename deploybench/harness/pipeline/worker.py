@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import struct
 import subprocess
 import sys
@@ -32,73 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.measure.process import child_env, exit_description, kill_group, run_child_plugins
+from deploybench.harness.pipeline.frames import HEADER, FrameReader, error_frame, rebuild_error, send_frame
 from deploybench.harness.pipeline.plan import ModelInfo
 from deploybench.harness.pipeline.settings import RunSettings
-from deploybench.harness.pipeline.stages import MEASURES, ModelSession, one_line, run_cell
+from deploybench.harness.pipeline.stages import MEASURES, ModelSession, run_cell
 from deploybench.models import ModelSource
-from deploybench.spec import (STATUS_FAILED, STATUS_TIMEOUT, Cell, DeployBenchError, PrecisionNotSupported,
-                              Result)
+from deploybench.spec import (STATUS_FAILED, STATUS_TIMEOUT, Cell, DeployBenchError, Result)
 
 ISOLATED = "worker"
 # Stages where a crash is the model's, not one cell's: every later cell of the model would meet it again.
 MODEL_STAGES = ("resolve", "reference")
 # The memory stage waits for its own child, which has the whole stage limit: give the worker a margin.
 MEMORY_STAGE_MARGIN_S = 30.0
-# How often the parent looks at the worker's resident memory when a limit is set.
-MEMORY_WATCH_INTERVAL_S = 0.1
-_HEADER = struct.Struct("!Q")
-
-
-class WorkerError(DeployBenchError):
-    """An unexpected error raised in a worker, rebuilt in the parent with its type and first line."""
-
-
-# ---- the frames ------------------------------------------------------------------------------------
-def send_frame(stream, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _error_frame(exc: BaseException) -> tuple[str, str, str]:
-    kind = "skip" if isinstance(exc, PrecisionNotSupported) else "usage" if isinstance(exc, DeployBenchError) \
-        else "error"
-    return ("error", kind, one_line(exc))
-
-
-def _rebuild_error(kind: str, message: str) -> DeployBenchError:
-    return {"skip": PrecisionNotSupported, "usage": DeployBenchError}.get(kind, WorkerError)(message)
-
-
-class _FrameReader:
-    """Frames from a pipe, waiting at most until a deadline (a hang must not hang the parent)."""
-
-    def __init__(self, fd: int):
-        self.fd, self.buffer = fd, b""
-
-    def _fill(self, size: int, deadline: float, watch: Callable[[], None] | None) -> None:
-        while len(self.buffer) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], min(remaining, MEMORY_WATCH_INTERVAL_S)
-                                        if watch else remaining)
-            if watch is not None:
-                watch()
-            if not ready:
-                continue
-            chunk = os.read(self.fd, max(size - len(self.buffer), 1 << 16))
-            if not chunk:
-                raise EOFError
-            self.buffer += chunk
-
-    def read(self, deadline: float, watch: Callable[[], None] | None = None) -> Any:
-        """The next frame; ``watch()`` is called every ``MEMORY_WATCH_INTERVAL_S`` while waiting."""
-        self._fill(_HEADER.size, deadline, watch)
-        (size,) = _HEADER.unpack(self.buffer[:_HEADER.size])
-        self._fill(_HEADER.size + size, deadline, watch)
-        data, self.buffer = self.buffer[_HEADER.size:_HEADER.size + size], self.buffer[_HEADER.size + size:]
-        return pickle.loads(data)
 
 
 # ---- the parent's side -----------------------------------------------------------------------------
@@ -119,9 +63,10 @@ class Worker:
         self.broken: WorkerDied | None = None  # a crash while resolving or in the reference: the model's
         self.starts = 0
         self._process: subprocess.Popen | None = None
-        self._reader: _FrameReader | None = None
+        self._reader: FrameReader | None = None
         self._log = None
         self._stage = ""
+        self._busy = False
 
     # lifecycle
     def _start(self) -> None:
@@ -129,7 +74,7 @@ class Worker:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "deploybench.harness.pipeline.worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env())
-        self._reader = _FrameReader(self._process.stdout.fileno())
+        self._reader = FrameReader(self._process.stdout.fileno())
         self.starts += 1
         self._call(("open", self.source, self.verbose), stage="resolve" if self.source else "start")
 
@@ -149,6 +94,8 @@ class Worker:
         return self.info
 
     def close(self) -> None:
+        if self._busy:  # interrupted mid-request: the worker is not listening
+            self._discard_process()
         process, self._process = self._process, None
         if process is None:
             return
@@ -197,7 +144,7 @@ class Worker:
         return self.settings.timeout_s + margin
 
     def _call(self, message: tuple, stage: str, on_stage: Callable[[str], Any] | None = None) -> Any:
-        self._stage = stage
+        self._stage, self._busy = stage, True
         try:
             send_frame(self._process.stdin, message)
         except (BrokenPipeError, OSError):
@@ -216,9 +163,11 @@ class Worker:
                 if on_stage is not None:
                     on_stage(self._stage)
             elif frame[0] == "ok":
+                self._busy = False
                 return frame[1]
             else:
-                raise _rebuild_error(frame[1], frame[2])
+                self._busy = False
+                raise rebuild_error(frame[1], frame[2])
 
     def _watch_memory(self) -> None:
         """Kill the worker (and the processes it started) when their resident memory passes the limit."""
@@ -238,11 +187,6 @@ class Worker:
         limit = self.settings.max_memory_mb
         if rss / 2**20 > limit:
             stage = self._stage
-            for process in processes[1:]:  # the memory child runs in a session of its own
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    continue
             self._discard_process()
             raise WorkerDied(STATUS_FAILED, stage, f"{stage}: out of memory: the worker held {rss / 2**20:.0f} MB, "
                                                    f"over --max-memory {limit:g} MB; killed")
@@ -273,8 +217,21 @@ class Worker:
         return lines[-1][:300] if lines else ""
 
     def _discard_process(self) -> None:
+        """Kill the worker and everything it started (the memory child runs in a session of its own)."""
         process, self._process = self._process, None
+        self._busy = False
         if process is not None:
+            import psutil
+
+            try:
+                children = psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                children = []
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    continue
             kill_group(process)
             process.wait()
             process.stdout.close()
@@ -360,10 +317,10 @@ def serve(requests, replies) -> None:
 
     while True:
         try:
-            size = requests.read(_HEADER.size)
-            if len(size) < _HEADER.size:
+            size = requests.read(HEADER.size)
+            if len(size) < HEADER.size:
                 return
-            message = pickle.loads(requests.read(_HEADER.unpack(size)[0]))
+            message = pickle.loads(requests.read(HEADER.unpack(size)[0]))
         except EOFError:
             return
         kind = message[0]
@@ -388,7 +345,7 @@ def serve(requests, replies) -> None:
             else:
                 raise DeployBenchError(f"unknown worker request {kind!r}")
         except Exception as exc:
-            send_frame(replies, _error_frame(exc))
+            send_frame(replies, error_frame(exc))
             continue
         send_frame(replies, ("ok", reply))
 
