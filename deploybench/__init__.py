@@ -33,7 +33,7 @@ _LAZY = {
     "benchmark_precision": "deploybench.harness.measure.accuracy",
     "run_deployment_benchmark": "deploybench.harness.pipeline.matrix",
     "compare_backends": "deploybench.harness.pipeline.compare",
-    "Matrix": "deploybench.harness.results.matrix",
+    "Matrix": "deploybench.harness.report.matrix",
     "Detections": "deploybench.tasks.detection",
     "Classifications": "deploybench.tasks.classification",
 }

@@ -16,15 +16,15 @@ from .harness.pipeline.settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, DEFAUL
 from .spec import DeployBenchError, parse_csv, parse_shape
 
 PROG = "deploybench"
-EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Subcommands owned by other modules: name -> (module, add-arguments function, command function, help).
 LAZY_COMMANDS = {
-    "gate": ("deploybench.harness.gate.verdict", "add_gate_arguments", "gate_command",
+    "gate": ("deploybench.harness.gate.command", "add_gate_arguments", "gate_command",
              "fail (exit 1) when a run regressed against a baseline in speed, memory or accuracy"),
     "history": ("deploybench.harness.results.history", "add_history_arguments", "history_command",
                 "show the stored runs of this machine and the trend of each cell"),
-    "report": ("deploybench.harness.report.render", "add_report_arguments", "report_command",
+    "report": ("deploybench.harness.report.command", "add_report_arguments", "report_command",
                "write a Markdown or HTML report (with plots) of a results file"),
     "merge": ("deploybench.harness.results.merge", "add_merge_arguments", "merge_command",
               "merge the results files of several shards or machines into one"),
@@ -32,7 +32,9 @@ LAZY_COMMANDS = {
 
 RUN_EPILOG = """\
 exit status: 0 when every cell is ok or skipped (a backend missing here is a skip, with its reason),
-1 when any cell failed or timed out, 2 for a usage error (bad option, unknown model or backend).
+1 when any cell failed or timed out, 2 for a usage error (bad option, unknown model or backend),
+130 when interrupted (Ctrl-C or SIGTERM): the cells measured so far are written, marked incomplete,
+and `--resume RESULTS` runs only the missing ones.
 
 examples:
   deploybench run --models digits_cnn --backends torch,onnxruntime,openvino --output results.json
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
     run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
     add_options(run.add_argument, edge="cli")
+    run.add_argument("--resume", default=None, metavar="RESULTS",
+                     help="keep the cells of an earlier (interrupted) results file and run only the missing ones")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (1 <= I <= N), e.g. 1/4; shards partition the cells")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -113,9 +117,11 @@ def _unavailable(name: str):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise."""
-    from .harness.pipeline.matrix import run_deployment_benchmark
+    """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise, 130 when
+    interrupted (after writing what was measured)."""
+    from .harness.pipeline.matrix import run_deployment_benchmark, stop_on_sigterm
     from .harness.pipeline.plan import parse_shard
+    from .harness.report.matrix import Matrix
 
     refs = parse_csv(args.models)
     backends = parse_csv(args.backends)
@@ -130,14 +136,19 @@ def run_command(args: argparse.Namespace) -> int:
         raise DeployBenchError("--input-shape is for a user's model file (file.py:factory); zoo models and "
                                "model files have fixed inputs")
     models = [_model_ref(ref, args.input_shape) for ref in refs]
+    resume = Matrix.load(args.resume) if args.resume else None
+    stop_on_sigterm()
     matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
                                       progress=not args.no_progress, shard=shard,
-                                      formats=parse_csv(args.formats) or None, verbose=args.verbose)
+                                      formats=parse_csv(args.formats) or None, verbose=args.verbose, resume=resume)
     if args.output:
         matrix.save(args.output)
     print(matrix.table())
     if args.output:
         print(f"\nwrote {args.output}")
+    if matrix.incomplete:
+        print(f"{PROG}: {matrix.incomplete}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.mlflow:
         from .harness.report.mlflow_sink import log_matrix
 
@@ -211,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

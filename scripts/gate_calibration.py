@@ -112,7 +112,7 @@ UNITS: dict[float, int] = {}
 
 def calibrate_units(model: Path, slowdown: float, log) -> int:
     """Matmul units per call that make the measured interleaved ratio about ``1 + slowdown``."""
-    from deploybench.harness.gate.verdict import interleave
+    from deploybench.harness.gate.interleave import interleave
 
     if slowdown in UNITS:  # given with --units
         return UNITS[slowdown]
@@ -161,7 +161,8 @@ def pytest_benchmark_fails(baseline: list[float], current: list[float], threshol
 
 
 def interleaved_trials(model: Path, trials: int, log) -> dict[str, dict[str, int]]:
-    from deploybench.harness.gate.verdict import compare_interleaved, interleave_until_decided
+    from deploybench.harness.gate.interleave import interleave_until_decided
+    from deploybench.harness.gate.statistics import compare_interleaved
 
     counts: dict[str, dict[str, int]] = {}
     for slowdown in (0.0, *SLOWDOWNS):
@@ -187,7 +188,7 @@ def interleaved_trials(model: Path, trials: int, log) -> dict[str, dict[str, int
 
 
 def separate_trials(model: Path, rounds: int, log) -> dict:
-    from deploybench.harness.gate.verdict import compare_two_runs, compare_with_history
+    from deploybench.harness.gate.statistics import compare_two_runs, compare_with_history
 
     runs: list[tuple[float, list[float]]] = []
     cycle = (0.05, 0.05, 0.10, 0.20)

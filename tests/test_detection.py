@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploybench.spec import DeployBenchError, ModelSpec, TensorSpec
-from deploybench.tasks.detection import (Detections, Letterbox, box_iou, decode_dense, letterbox, nms, nms_numpy,
-                                         postprocess)
+from deploybench.tasks.detection import Detections, Letterbox, decode_dense, letterbox, postprocess
+from deploybench.tasks.nms import box_iou, nms, nms_numpy
 from deploybench.tasks.metrics import detection_agreement, mean_average_precision
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -199,7 +199,7 @@ def test_detections_equal_on_torch_onnxruntime_openvino_and_with_nms_in_graph(sc
     from deploybench.converters import deploy_model
     from deploybench.engines import backend_availability, create_deployer
     from deploybench.tasks import predict_timed
-    from deploybench.tasks.detection import onnx_with_nms
+    from deploybench.tasks.onnx_nms import onnx_with_nms
 
     spec = lively_detector_spec()
     onnx_artifact = deploy_model(spec, "onnx")
@@ -240,7 +240,7 @@ def test_user_fcos_detector_gives_equal_detections_on_torch_and_onnxruntime(scen
     for one, ref in zip(found, reference):
         assert_same_detections(one, ref)
     with pytest.raises(DeployBenchError, match="decoder hook"):
-        from deploybench.tasks.detection import onnx_with_nms
+        from deploybench.tasks.onnx_nms import onnx_with_nms
 
         onnx_with_nms(deploy_model(spec, "onnx"))
 

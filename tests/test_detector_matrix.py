@@ -50,7 +50,8 @@ def firing_detector_spec() -> ModelSpec:
 @pytest.mark.onnxruntime
 def test_run_cell_of_a_detector_reports_map_agreement_and_end_to_end_latency():
     from deploybench.harness.pipeline.matrix import run_one_cell
-    from deploybench.harness.report.render import markdown_report, terminal_table
+    from deploybench.harness.report.markdown import markdown_report
+    from deploybench.harness.report.table import terminal_table
 
     spec = firing_detector_spec()
     result = run_one_cell(spec, Cell(spec.name, "onnx", "onnxruntime", "fp32"), fast_settings(threads=1))
@@ -101,19 +102,21 @@ def test_detection_tolerance_judges_the_map_drop_not_the_raw_outputs():
     assert not check_tolerance(Accuracy(max_abs_error=2e-3), "fp32")[0]
 
 
-def _result(model: str, backend: str, precision: str, extra: dict) -> Result:
+def _result(model: str, backend: str, precision: str, per_output: dict, extra: dict) -> Result:
     latency = LatencyStats(n=30, mean=1.0, median=1.0, p90=1.1, p95=1.2, p99=1.3, min=0.9, max=1.5, stdev=0.1,
                            cv=0.1, iqr=0.1)
     return Result(Cell(model, "onnx", backend, precision), latency_ms=latency,
-                  accuracy=Accuracy(metric="map50", metric_value=0.9), extra=extra)
+                  accuracy=Accuracy(metric="map50", metric_value=0.9, per_output=per_output), extra=extra)
 
 
 def test_reports_show_detector_columns_only_for_detectors():
-    from deploybench.harness.report.render import html_report, markdown_report, terminal_table
+    from deploybench.harness.report.html import html_report
+    from deploybench.harness.report.markdown import markdown_report
+    from deploybench.harness.report.table import terminal_table
 
-    detector = _result("det", "onnxruntime", "int8", {
-        "detection": {"map50": 0.90, "map50_95": 0.61, "map50_drop": 0.012}, "e2e_ms": 3.25})
-    classifier = _result("cls", "onnxruntime", "fp32", {})
+    detector = _result("det", "onnxruntime", "int8",
+                       {"detection": {"map50": 0.90, "map50_95": 0.61, "map50_drop": 0.012}}, {"e2e_ms": 3.25})
+    classifier = _result("cls", "onnxruntime", "fp32", {}, {})
     text = terminal_table([detector, classifier])  # one table per model, in name order: cls, then det
     cls_table, det_table = text[:text.index("\ndet")], text[text.index("\ndet"):]
     assert "mAP Δ" in det_table and "-0.012" in det_table and "0.610" in det_table and "3.25" in det_table
@@ -148,7 +151,7 @@ def test_shapes_detector_plans_every_compatible_cell():
 @pytest.mark.openvino
 def test_trained_detector_matrix_keeps_fp32_map_and_reports_the_int8_drop():
     from deploybench.harness.pipeline.matrix import run_deployment_benchmark
-    from deploybench.harness.report.render import terminal_table
+    from deploybench.harness.report.table import terminal_table
     from deploybench.models import get_model
 
     spec = get_model("shapes_detector")

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploybench.harness.gate.verdict import (INCONCLUSIVE, REGRESSION, UNCHANGED, GateSettings, compare_interleaved,
-                                      compare_two_runs, compare_with_history, gate_command, gate_results, main,
-                                      median_ci, parse_accuracy_thresholds, parse_fraction)
+from deploybench.harness.gate.command import gate_command, main, parse_accuracy_thresholds, parse_fraction
+from deploybench.harness.gate.statistics import (INCONCLUSIVE, REGRESSION, UNCHANGED, compare_interleaved,
+                                                 compare_two_runs, compare_with_history, median_ci)
+from deploybench.harness.gate.verdict import GateSettings, gate_results
 from deploybench.spec import Accuracy, Cell, Result
 
 CELL = Cell("net", "onnx", "onnxruntime", "fp32")

@@ -16,7 +16,8 @@ from deploybench.harness.measure.timing import TimingRules
 from deploybench.harness.pipeline.matrix import run_one_cell
 from deploybench.harness.pipeline.plan import parse_shard, plan_cells, select_shard
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
-from deploybench.harness.results.matrix import SCHEMA, Matrix
+from deploybench.harness.report.matrix import Matrix
+from deploybench.harness.results.cells import SCHEMA
 from deploybench.models import model_from_artifact
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 

@@ -15,7 +15,7 @@ from deploybench.harness.pipeline.matrix import run_deployment_benchmark, run_on
 from deploybench.harness.pipeline.plan import plan_cells
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.harness.measure.accuracy import make_reference, task_metric
-from deploybench.harness.report.render import terminal_table
+from deploybench.harness.report.table import terminal_table
 from deploybench.models import get_model, model_spec
 from deploybench.spec import Cell
 

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
+from deploybench.harness.pipeline.matrix import select_shard
+from deploybench.harness.report.table import terminal_table
 from deploybench.harness.results import merge
-from deploybench.harness.report import render as report
-from deploybench.harness.pipeline.matrix import Matrix, select_shard
+from deploybench.harness.results.io import load_results_file
+from deploybench.harness.report.matrix import Matrix
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 
 
@@ -46,11 +48,11 @@ def test_shard_round_trip_merges_back_to_the_unsharded_matrix(tmp_path):
     loaded = Matrix.load(out)  # the matrix engineer's reader accepts the merged file
     assert sorted(r.cell for r in loaded.results) == sorted(CELLS)
     for r in loaded.results:
-        assert r.extra["machine_id"] == "ci-linux"
+        assert r.machine_id == "ci-linux" and "machine_id" not in r.extra
         expected = unsharded[r.cell]
         assert r.latency_ms == expected.latency_ms and r.samples_ms == expected.samples_ms
         assert r.peak_rss_mb == expected.peak_rss_mb
-    results, machine, _ = report.load_results_file(out)  # and so does the report
+    results, machine, _ = load_results_file(out)  # and so does the report
     assert len(results) == len(CELLS) and machine["machine_id"] == "ci-linux"
 
 
@@ -70,8 +72,8 @@ def test_same_cell_on_two_machines_is_a_machine_dimension(tmp_path):
     # the report shows the two machines as separate groups, each with its best cell
     out = tmp_path / "merged.json"
     out.write_text(json.dumps(merged))
-    results, machine, _ = report.load_results_file(out)
-    table = report.terminal_table(results, machine)
+    results, machine, _ = load_results_file(out)
+    table = terminal_table(results, machine)
     assert f"{cell.model} @ linux-x86" in table and f"{cell.model} @ mac-arm" in table
     assert "linux-x86: TestCPU" in table and "mac-arm: M2" in table
 
@@ -118,3 +120,15 @@ def test_machine_kind_label_joins_shards_of_different_runners(tmp_path):
     again = save(tmp_path / "c.json", [result_for(CELLS[1], 2.0)], machine_id="runner-3")
     with pytest.raises(DeployBenchError, match=f"cell {CELLS[1].id} on machine linux-x86 is in both"):
         merge.merge_matrices([a, b, again], machine_id="linux-x86")
+
+
+def test_an_interrupted_shard_leaves_the_merged_matrix_incomplete(tmp_path):
+    a = save(tmp_path / "a.json", [result_for(CELLS[0], 1.0)], machine_id="m1")
+    b = tmp_path / "b.json"
+    Matrix([result_for(CELLS[1], 1.0)], machine={"machine_id": "m1"},
+           incomplete="interrupted (SIGTERM) after 1 of 2 cells").save(b)
+    assert Matrix.load(b).incomplete == "interrupted (SIGTERM) after 1 of 2 cells"
+    merged = merge.merge_matrices([a, b])
+    assert merged["incomplete"] == f"{b}: interrupted (SIGTERM) after 1 of 2 cells"
+    assert [s["incomplete"] for s in merged["settings"]["merged_from"]] == ["", merged["incomplete"][len(f"{b}: "):]]
+    assert merge.merge_matrices([a])["incomplete"] == ""

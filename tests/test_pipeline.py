@@ -48,6 +48,9 @@ MISBEHAVING_MODEL = textwrap.dedent('''
                         os.kill(os.getpid(), signal.SIGSEGV)
                     elif self.action == "abort":
                         os.abort()
+                    elif self.action == "term-parent":  # as a CI runner cancelling the job would
+                        os.kill(os.getppid(), signal.SIGTERM)
+                        time.sleep(600)
                     elif self.action == "hog":
                         hoard = torch.ones(750_000_000)  # 3 GB, touched
                         time.sleep(600)
@@ -70,6 +73,10 @@ MISBEHAVING_MODEL = textwrap.dedent('''
     def hog_on_second_call():
         torch.manual_seed(0)
         return Misbehaving(2, "hog").eval()
+
+    def cancelled_on_second_call():
+        torch.manual_seed(0)
+        return Misbehaving(2 if os.environ.get("CANCEL_THE_RUN") else 0, "term-parent").eval()
 
     def healthy():
         torch.manual_seed(0)
@@ -294,3 +301,28 @@ def test_fp16_on_this_cpu_follows_its_flags(model_file, tmp_path):
         assert result.status == "ok", result.reason
     else:
         assert (result.status, result.stage) == ("skipped", "load"), result.reason
+
+
+def test_sigterm_writes_what_was_measured_and_resume_runs_only_the_rest(model_file, tmp_path):
+    output = tmp_path / "results.json"
+    command = [sys.executable, "-m", "deploybench.cli", "run", "--models",
+               f"digits_cnn,{model_file}:cancelled_on_second_call", "--input-shape", "1x3x16x16",
+               "--backends", "torch,onnxruntime", "--min-time", "0.02", "--min-samples", "5", "--no-memory",
+               "--no-progress", "--threads", "1", "--output", str(output)]
+    cancelled = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                               env={**os.environ, "CANCEL_THE_RUN": "1"})
+    assert cancelled.returncode == 130, cancelled.stderr[-2000:]
+    assert "interrupted (SIGTERM) after 2 of 4 cells; `--resume` runs the rest" in cancelled.stderr
+    first = json.loads(output.read_text())
+    assert first["incomplete"].startswith("interrupted (SIGTERM)")
+    assert [(c["model"], c["status"]) for c in first["cells"]] == [("digits_cnn", "ok"), ("digits_cnn", "ok")]
+
+    resumed = subprocess.run([*command, "--resume", str(output)], capture_output=True, text=True, timeout=600,
+                             cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    second = json.loads(output.read_text())
+    assert not second["incomplete"]
+    assert [(c["model"], c["backend"], c["status"]) for c in second["cells"]] == [
+        ("digits_cnn", "torch", "ok"), ("digits_cnn", "onnxruntime", "ok"),
+        ("misbehaving", "torch", "ok"), ("misbehaving", "onnxruntime", "ok")]
+    assert second["cells"][:2] == first["cells"]  # kept as measured, not run again

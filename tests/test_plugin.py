@@ -124,9 +124,11 @@ def test_real_run_writes_junit_matrix_json_and_benchmark_data(project):
                                                                                    "fp32")
     assert cell["latency_ms"]["n"] >= 30 and cell["latency_ms"]["median"] > 0
     assert cell["accuracy"]["max_abs_error"] < 1e-4
-    assert Path(cell["extra"]["artifact_path"]).exists()
+    assert Path(cell["artifact_path"]).exists()
+    assert cell["isolation"] == "worker" and cell["stage"] == ""
     assert "deploybench matrix" in result.stdout.str()
     (saved,) = (project.path / "storage").glob("*/0001_*.json")
     bench = json.loads(saved.read_text())["benchmarks"][0]
     assert len(bench["stats"]["data"]) == cell["latency_ms"]["n"]  # raw samples kept for the gate
     assert bench["extra_info"]["cell_id"] == "small-onnx-onnxruntime-fp32"
+    assert sorted(bench["stats"]["data"]) == pytest.approx(sorted(s / 1e3 for s in cell["samples_ms"]))

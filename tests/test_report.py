@@ -9,14 +9,19 @@ import re
 import numpy as np
 import pytest
 
-from deploybench.harness.report import render as report
-from deploybench.spec import Accuracy, Cell, LatencyStats, Result
+from deploybench.harness.gate.verdict import Verdict
+from deploybench.harness.report.command import add_report_arguments, report_command
+from deploybench.harness.report.html import history_series, html_report
+from deploybench.harness.report.markdown import markdown_report
+from deploybench.harness.report.table import BEST_MARK, best_cells, terminal_table
+from deploybench.harness.results.io import load_results_file
+from deploybench.spec import Accuracy, Cell, LatencyStats, Result, ToleranceCheck
 
 EVIL = "<script>alert(1)</script>"
 
 
 def measured(model, fmt, backend, precision="fp32", median=1.0, error=1e-6, metric=None, seed=0, peak=200.0,
-             unstable=False, **extra) -> Result:
+             unstable=False, tolerance=None) -> Result:
     """An ok Result whose stats are computed from seeded samples around ``median`` ms."""
     samples = median * np.clip(1 + 0.05 * np.random.default_rng(seed).standard_normal(60), 0.5, None)
     q25, q75 = np.percentile(samples, [25, 75])
@@ -28,8 +33,8 @@ def measured(model, fmt, backend, precision="fp32", median=1.0, error=1e-6, metr
                         reference="torch fp32")
     return Result(Cell(model, fmt, backend, precision), latency_ms=latency, throughput_ips=1000 / median,
                   load_ms=40.0, first_inference_ms=3 * median, peak_rss_mb=peak, baseline_rss_mb=90.0,
-                  artifact_bytes=2_000_000, accuracy=accuracy, unstable=unstable, samples_ms=samples.tolist(),
-                  extra=dict(extra))
+                  artifact_bytes=2_000_000, accuracy=accuracy, tolerance=tolerance, unstable=unstable,
+                  samples_ms=samples.tolist())
 
 
 def not_run(model, fmt, backend, status, reason) -> Result:
@@ -44,7 +49,7 @@ def matrix() -> list[Result]:
         measured("resnet18", "openvino", "openvino", median=6.0, error=3e-5, metric=0.70, peak=260.0),
         # fastest of all, but its accuracy check failed: it must not be the best cell
         measured("resnet18", "openvino", "openvino", "int8", median=3.0, error=4e-2, metric=0.52, unstable=True,
-                 tolerance={"passed": False, "message": "int8: max_abs_error 0.04 > 0.01"}),
+                 tolerance=ToleranceCheck(False, "int8: max_abs_error 0.04 > 0.01")),
         not_run("resnet18", "tflite", "tflite", "skipped", "ai_edge_litert is not installed: pip install deploybench[tflite]"),
         not_run("resnet18", "onnx", "openvino", "failed", "RuntimeError: unsupported op Foo"),
         measured("digits_cnn", "torch", "torch", median=0.3, error=0.0, metric=0.98),
@@ -54,20 +59,20 @@ def matrix() -> list[Result]:
 
 
 def test_best_cell_is_fastest_that_passes_accuracy(matrix):
-    best = report.best_cells(matrix)
+    best = best_cells(matrix)
     assert best["resnet18"].cell == Cell("resnet18", "openvino", "openvino", "fp32")
     assert best["digits_cnn"].cell == Cell("digits_cnn", "onnx", "onnxruntime", "fp32")
 
 
 def test_terminal_table_marks_best_and_lists_skips_with_reasons(matrix):
-    text = report.terminal_table(matrix, machine={"cpu": "TestCPU", "cores": 2, "machine_id": "m1"})
+    text = terminal_table(matrix, machine={"cpu": "TestCPU", "cores": 2, "machine_id": "m1"})
     assert text.startswith("machine: TestCPU, 2 cores")
-    best_rows = [line for line in text.splitlines() if line.startswith(report.BEST_MARK)]
+    best_rows = [line for line in text.splitlines() if line.startswith(BEST_MARK)]
     assert len(best_rows) == 3  # one per model
     resnet_best = next(line for line in best_rows if "openvino" in line)
     assert re.search(r"openvino\s+openvino\s+fp32\s+6\.\d\d", resnet_best)
     int8_row = next(line for line in text.splitlines() if "int8" in line and "openvino" in line)
-    assert "accuracy fails" in int8_row and "unstable" in int8_row and not int8_row.startswith(report.BEST_MARK)
+    assert "accuracy fails" in int8_row and "unstable" in int8_row and not int8_row.startswith(BEST_MARK)
     tail = text[text.index("not run (2):"):]
     assert "resnet18-tflite-tflite-fp32: ai_edge_litert is not installed: pip install deploybench[tflite]" in tail
     assert "resnet18-onnx-openvino-fp32: RuntimeError: unsupported op Foo" in tail
@@ -78,11 +83,11 @@ def test_terminal_table_marks_best_and_lists_skips_with_reasons(matrix):
 
 def test_markdown_puts_verdicts_first_and_folds_skips(matrix):
     verdicts = [
-        {"cell": Cell("resnet18", "onnx", "onnxruntime", "fp32"), "verdict": "unchanged", "ratio": 1.01},
-        {"cell": "resnet18-openvino-openvino-fp32", "verdict": "regression", "ratio": 1.25, "ci": (1.12, 1.40),
-         "baseline": 4.8, "current": 6.0},
+        Verdict("resnet18-onnx-onnxruntime-fp32", "latency", "unchanged", ratio=1.01),
+        Verdict("resnet18-openvino-openvino-fp32", "latency", "regression", ratio=1.25, ci=(1.12, 1.40),
+                baseline=4.8, current=6.0),
     ]
-    text = report.markdown_report(matrix, verdicts=verdicts, machine={"cpu": "TestCPU", "cores": 2})
+    text = markdown_report(matrix, verdicts=verdicts, machine={"cpu": "TestCPU", "cores": 2})
     assert text.index("## deploybench gate") < text.index("## deploybench matrix")
     assert "**1 regression, 1 unchanged**" in text or "**1 unchanged, 1 regression**" in text
     regression_row = next(line for line in text.splitlines() if "| regression |" in line)
@@ -95,8 +100,8 @@ def test_markdown_puts_verdicts_first_and_folds_skips(matrix):
 def test_html_is_self_contained_and_escapes_names(matrix):
     history = [(f"run{i}", [measured("resnet18", "onnx", "onnxruntime", median=8.0 * (1.5 if i == 2 else 1.0), seed=i),
                             measured(EVIL, "onnx", "onnxruntime", median=1.0, seed=i)]) for i in range(3)]
-    page = report.html_report([(f"run {EVIL}", matrix, {"cpu": EVIL, "cores": 2, "machine_id": "m1"})],
-                              history=history, title=f"report {EVIL}")
+    page = html_report([(f"run {EVIL}", matrix, {"cpu": EVIL, "cores": 2, "machine_id": "m1"})],
+                       history=history, title=f"report {EVIL}")
     assert page.startswith("<!DOCTYPE html>")
     assert "<script" not in page.lower()  # no script at all: not the model's, not a CDN's
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
@@ -112,7 +117,7 @@ def test_html_is_self_contained_and_escapes_names(matrix):
 def test_history_marks_the_slower_run_as_regression():
     runs = [(f"run{i}", [measured("m", "onnx", "onnxruntime", median=8.0 * (1.5 if i == 2 else 1.0), seed=i)])
             for i in range(4)]
-    series = report.history_series(runs)["m"]["onnx/onnxruntime/fp32"]
+    series = history_series(runs)["m"]["onnx/onnxruntime/fp32"]
     assert [p["regression"] for p in series] == [False, False, True, False]
 
 
@@ -134,17 +139,29 @@ def _run_json(path, results, machine_id="m1"):
 
 
 def _cli(argv):
-    parser = report.add_report_arguments(argparse.ArgumentParser())
-    return report.report_command(parser.parse_args(argv))
+    parser = add_report_arguments(argparse.ArgumentParser())
+    return report_command(parser.parse_args(argv))
 
 
 def test_report_cli_writes_markdown_and_html(tmp_path, matrix, capsys):
     results = _run_json(tmp_path / "run.json", matrix)
     assert _cli([str(results), "--markdown", str(tmp_path / "r.md"), "--html", str(tmp_path / "r.html")]) == 0
     printed = capsys.readouterr().out
-    assert "not run (2):" in printed and report.BEST_MARK in printed
+    assert "not run (2):" in printed and BEST_MARK in printed
     assert "## deploybench matrix" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.html").read_text().count("<svg") >= 5
+
+
+def test_report_cli_puts_the_gate_verdicts_against_a_baseline_first(tmp_path, matrix):
+    baseline = _run_json(tmp_path / "base.json", matrix)
+    slower = [measured("resnet18", "openvino", "openvino", median=12.0, error=3e-5, metric=0.70, peak=260.0)
+              if r.cell == Cell("resnet18", "openvino", "openvino", "fp32") else r for r in matrix]
+    current = _run_json(tmp_path / "run.json", slower)
+    assert _cli([str(current), "--gate", str(baseline), "--markdown", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert text.index("## deploybench gate") < text.index("## deploybench matrix")
+    regression_row = next(line for line in text.splitlines() if "| regression |" in line)
+    assert "resnet18-openvino-openvino-fp32" in regression_row and "| latency |" in regression_row
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -180,7 +197,7 @@ def test_reads_pytest_benchmark_json(tmp_path):
                            {"name": "test_unrelated", "extra_info": {}, "stats": {"median": 0.1}}]}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(data))
-    results, machine, _ = report.load_results_file(path)
+    results, machine, _ = load_results_file(path)
     assert len(results) == 1
     (result,) = results
     assert result.cell == cell.cell and result.peak_rss_mb == 123.0

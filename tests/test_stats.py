@@ -121,8 +121,8 @@ def test_median_ratio_ci_rejects_bad_arguments():
 
 
 # ---- precision metrics on hand-made arrays ---------------------------------------------------------
-from deploybench.harness.measure.accuracy import (TOLERANCES, check_tolerance, compare_outputs,  # noqa: E402
-                                           cosine_similarity, top1_agreement)
+from deploybench.harness.measure.accuracy import compare_outputs, cosine_similarity, top1_agreement  # noqa: E402
+from deploybench.harness.measure.tolerance import TOLERANCES, check_tolerance  # noqa: E402
 from deploybench.spec import Accuracy  # noqa: E402
 
 

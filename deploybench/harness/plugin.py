@@ -356,7 +356,7 @@ def engine(cell, artifact, deploybench_state):
 
 def _session_matrix(state):
     from deploybench.harness.measure.machine import machine_info
-    from deploybench.harness.results.matrix import Matrix
+    from deploybench.harness.report.matrix import Matrix
 
     return Matrix(results=list(state.results.values()), machine=machine_info(),
                   settings={"source": "pytest", **state.settings.to_dict()})
@@ -391,7 +391,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = config.stash.get(_STATE_KEY, None)
     if state is None or not state.results:
         return
-    from deploybench.harness.report.render import terminal_table
+    from deploybench.harness.report.table import terminal_table
 
     terminalreporter.section("deploybench matrix")
     terminalreporter.write_line(terminal_table(list(state.results.values())))

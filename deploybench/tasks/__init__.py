@@ -42,7 +42,7 @@ def evaluate(infer: Infer, spec: ModelSpec, limit: int | None = None) -> dict[st
 
         return evaluate_classification(infer, inputs, labels, limit=limit)
     if spec.task == "detection":
-        from .detection import evaluate_detection
+        from .metrics import evaluate_detection
 
         return evaluate_detection(infer, inputs, labels, spec.task_config, limit=limit)
     raise DeployBenchError(f"model {spec.name!r} has task {spec.task!r}, which has no metric; "

@@ -14,7 +14,7 @@ A ``decoder`` hook takes ``(outputs, config)`` for one image and returns ``(boxe
 pixels, scores K×C)``; thresholds, NMS and rescaling stay shared.
 
 NMS runs outside the graph by default (OpenCV's class-aware ``cv2.dnn.NMSBoxesBatched``). For ONNX,
-``onnx_with_nms`` appends the decode plus a ``NonMaxSuppression`` node to an exported graph; such an
+``onnx_nms.onnx_with_nms`` appends the decode plus a ``NonMaxSuppression`` node to an exported graph; such an
 artifact has ``metadata["nms"] == "in_graph"`` and outputs ``det_boxes``, ``det_scores``, ``det_classes``
 and ``det_batch_index``, which ``postprocess`` reads directly.
 """
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import Artifact, DeployBenchError, TensorSpec
+from ..spec import DeployBenchError
+from .nms import box_iou, nms
 
 IN_GRAPH_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "det_batch_index")
 
@@ -259,72 +260,6 @@ def decode(outputs: Mapping[str, np.ndarray], config: Mapping[str, Any], index: 
     return decode_dense(outputs, config, index)
 
 
-# ---- NMS ------------------------------------------------------------------------------------------
-def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float = 0.5,
-        max_detections: int = 0) -> np.ndarray:
-    """Indices of the boxes kept by class-aware NMS, best score first.
-
-    Boxes of different classes never suppress each other; within a class a box is dropped when
-    its IoU with a better-scoring kept box exceeds ``iou_threshold``. ``max_detections`` > 0 caps
-    the count. Uses OpenCV's ``cv2.dnn.NMSBoxesBatched``.
-    """
-    import cv2
-
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(boxes) == 0:
-        return np.zeros(0, np.int64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    # A list of 4-tuples of floats selects OpenCV's Rect2d overload (an array would round to int pixels).
-    rects = [tuple(row) for row in xywh.tolist()]
-    keep = cv2.dnn.NMSBoxesBatched(rects, np.asarray(scores, np.float32).tolist(),
-                                   np.asarray(class_ids, np.int64).astype(np.int32).tolist(), -np.inf,
-                                   float(iou_threshold))
-    keep = np.asarray(keep, np.int64).reshape(-1)
-    # OpenCV's own top_k cuts the candidates before suppression, not the survivors: cap here instead.
-    order = np.argsort(-np.asarray(scores)[keep], kind="stable")
-    return keep[order][:max_detections] if max_detections > 0 else keep[order]
-
-
-def nms_numpy(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float = 0.5,
-              max_detections: int = 0) -> np.ndarray:
-    """The same as ``nms`` in plain numpy (a reference for tests and a fallback without OpenCV)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    class_ids = np.asarray(class_ids).reshape(-1)
-    order = np.argsort(-scores, kind="stable")
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    suppressed = np.zeros(len(boxes), bool)
-    keep = []
-    for position, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if max_detections and len(keep) >= max_detections:
-            break
-        rest = order[position + 1:]
-        rest = rest[(class_ids[rest] == class_ids[i]) & ~suppressed[rest]]
-        if len(rest) == 0:
-            continue
-        top_left = np.maximum(boxes[i, :2], boxes[rest, :2])
-        bottom_right = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        suppressed[rest[iou > iou_threshold]] = True
-    return np.asarray(keep, np.int64)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix len(a)×len(b) of xyxy boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 # ---- postprocess ----------------------------------------------------------------------------------
 def postprocess(outputs: Mapping[str, np.ndarray], config: Mapping[str, Any], fit: Letterbox | None = None,
                 index: int = 0, score_threshold: float | None = None) -> Detections:
@@ -379,127 +314,5 @@ def predict_detections(engine, images, **options: Any):
     return results[0] if single else results
 
 
-def evaluate_detection(infer, inputs: Mapping[str, np.ndarray], truths: Sequence[Any], config: Mapping[str, Any],
-                       limit: int | None = None) -> dict[str, Any]:
-    """{"metric": "map50", "value": mAP@0.5, "map50_95": mAP@0.5:0.95, "n": images}: each input image
-    (already at the model's input size) run alone, post-processed, scored with pycocotools."""
-    from .metrics import mean_average_precision
-
-    count = len(truths) if limit is None else min(int(limit), len(truths))
-    if count == 0:
-        raise DeployBenchError("detection eval_data has no images; give at least one image with its boxes")
-    threshold = float(config.get("eval_score_threshold", 0.05))
-    detections = []
-    for i in range(count):
-        outputs = infer({name: array[i:i + 1] for name, array in inputs.items()})
-        detections.append(postprocess(outputs, config, score_threshold=threshold))
-    scores = mean_average_precision(detections, list(truths[:count]))
-    return {"metric": "map50", "value": scores["map50"], "map50_95": scores["map50_95"], "n": int(count)}
-
-
-# ---- NMS inside an ONNX graph ---------------------------------------------------------------------
-def onnx_with_nms(artifact: Artifact, out_dir: str | Path | None = None, score_threshold: float | None = None,
-                  iou_threshold: float | None = None, max_detections: int | None = None) -> Artifact:
-    """A copy of an ONNX detector whose graph ends in decode + ``NonMaxSuppression``.
-
-    Reads the dense-head description from ``artifact.metadata["task_config"]``, appends the decode
-    (cell centres ± distances), a ``NonMaxSuppression`` node (class-aware: ONNX runs it per class)
-    and ``GatherND`` nodes, and writes ``<stem>_nms.onnx`` into ``out_dir`` (default: next to the
-    original). Returns the new ``Artifact`` with ``metadata["nms"] = "in_graph"`` and outputs
-    det_boxes (K×4, input pixels), det_scores (K,), det_classes (K,), det_batch_index (K,).
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    if artifact.format != "onnx":
-        raise DeployBenchError(f"in-graph NMS is for ONNX artifacts; {artifact.path.name} is {artifact.format}")
-    config = dict(artifact.metadata.get("task_config") or {})
-    if config.get("decoder") or not config.get("levels"):
-        raise DeployBenchError(f"{artifact.path.name}: in-graph NMS needs a dense head described by "
-                               "task_config['levels'] (a custom decoder hook cannot be put in the graph)")
-    model = onnx.load(str(artifact.path))
-    graph = model.graph
-    known = {o.name for o in graph.output}
-    in_h, in_w = (int(v) for v in config["input_size"])
-    score_threshold = float(config.get("score_threshold", 0.3) if score_threshold is None else score_threshold)
-    iou_threshold = float(config.get("iou_threshold", 0.5) if iou_threshold is None else iou_threshold)
-    max_detections = int(config.get("max_detections", 100) if max_detections is None else max_detections)
-    nodes, inits = [], []
-
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name=f"nms_{name}"))
-        return f"nms_{name}"
-
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [f"nms_{name}"], name=f"nms_{name}_node", **attrs))
-        return f"nms_{name}"
-
-    level_boxes, level_scores = [], []
-    for k, level in enumerate(config["levels"]):
-        for key in ("scores", "boxes") + (("centerness",) if level.get("centerness") else ()):
-            if level[key] not in known:
-                raise DeployBenchError(f"{artifact.path.name} has no output {level[key]!r} named in "
-                                       f"task_config['levels']; its outputs are {sorted(known)}")
-        stride = float(level["stride"])
-        height, width = int(round(in_h / stride)), int(round(in_w / stride))
-        scores = node("Cast", [level["scores"]], f"scores_f32_{k}", to=TensorProto.FLOAT)
-        scores = node("Reshape", [scores, const(f"score_shape_{k}", np.array([0, 0, -1], np.int64))], f"scores_{k}")
-        if config.get("score_activation") == "sigmoid":
-            scores = node("Sigmoid", [scores], f"scores_sig_{k}")
-        if level.get("centerness"):
-            centre = node("Cast", [level["centerness"]], f"ctr_f32_{k}", to=TensorProto.FLOAT)
-            centre = node("Reshape", [centre, const(f"ctr_shape_{k}", np.array([0, 1, -1], np.int64))], f"ctr_{k}")
-            if config.get("score_activation") == "sigmoid":
-                centre = node("Sigmoid", [centre], f"ctr_sig_{k}")
-            scores = node("Sqrt", [node("Mul", [scores, centre], f"scores_ctr_{k}")], f"scores_sqrt_{k}")
-        boxes = node("Cast", [level["boxes"]], f"boxes_f32_{k}", to=TensorProto.FLOAT)
-        boxes = node("Reshape", [boxes, const(f"box_shape_{k}", np.array([0, 4, -1], np.int64))], f"boxes_flat_{k}")
-        boxes = node("Transpose", [boxes], f"ltrb_{k}", perm=[0, 2, 1])
-        centres = cell_centres(height, width, stride)
-        centres_xyxy = np.concatenate([centres, centres], axis=1)[None].astype(np.float32)
-        signs = np.array([[[-1, -1, 1, 1]]], np.float32)
-        boxes = node("Mul", [boxes, const(f"signs_{k}", signs)], f"signed_{k}")
-        level_boxes.append(node("Add", [boxes, const(f"centres_{k}", centres_xyxy)], f"boxes_{k}"))
-        level_scores.append(scores)
-    boxes = level_boxes[0] if len(level_boxes) == 1 else node("Concat", level_boxes, "boxes", axis=1)
-    scores = level_scores[0] if len(level_scores) == 1 else node("Concat", level_scores, "scores", axis=2)
-    # ONNX's NonMaxSuppression takes (y1, x1, y2, x2) corners; IoU is the same for (x1, y1, x2, y2).
-    selected = node("NonMaxSuppression", [boxes, scores, const("max_out", np.array([max_detections], np.int64)),
-                                          const("iou", np.array([iou_threshold], np.float32)),
-                                          const("score", np.array([score_threshold], np.float32))],
-                    "selected", center_point_box=0)
-    batch_box = node("Gather", [selected, const("batch_box_cols", np.array([0, 2], np.int64))], "batch_box", axis=1)
-    nodes.append(helper.make_node("GatherND", [boxes, batch_box], ["det_boxes"], name="nms_det_boxes"))
-    nodes.append(helper.make_node("GatherND", [scores, selected], ["det_scores"], name="nms_det_scores"))
-    nodes.append(helper.make_node("Gather", [selected, const("class_col", np.array(1, np.int64))], ["det_classes"],
-                                  name="nms_det_classes", axis=1))
-    nodes.append(helper.make_node("Gather", [selected, const("batch_col", np.array(0, np.int64))],
-                                  ["det_batch_index"], name="nms_det_batch_index", axis=1))
-    graph.node.extend(nodes)
-    graph.initializer.extend(inits)
-    while len(graph.output):
-        graph.output.pop()
-    graph.output.extend([
-        helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["detections", 4]),
-        helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, ["detections"]),
-        helper.make_tensor_value_info("det_classes", TensorProto.INT64, ["detections"]),
-        helper.make_tensor_value_info("det_batch_index", TensorProto.INT64, ["detections"]),
-    ])
-    onnx.checker.check_model(model)
-    out_dir = Path(out_dir) if out_dir else artifact.path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"{artifact.path.stem}_nms.onnx"
-    onnx.save(model, str(out_path))
-    config.update({"nms": "in_graph", "score_threshold": score_threshold, "iou_threshold": iou_threshold,
-                   "max_detections": max_detections})
-    outputs = (TensorSpec("det_boxes", ("detections", 4)), TensorSpec("det_scores", ("detections",)),
-               TensorSpec("det_classes", ("detections",), "int64"),
-               TensorSpec("det_batch_index", ("detections",), "int64"))
-    metadata = {**artifact.metadata, "nms": "in_graph", "task": "detection", "task_config": config,
-                "source_artifact": str(artifact.path)}
-    return Artifact(format="onnx", path=out_path, precision=artifact.precision, inputs=artifact.inputs,
-                    outputs=outputs, files=(out_path,), metadata=metadata)
-
-
-__all__ = ["Detections", "IN_GRAPH_OUTPUTS", "Letterbox", "box_iou", "decode", "decode_dense", "evaluate_detection",
-           "letterbox", "nms", "nms_numpy", "onnx_with_nms", "postprocess", "predict_detections", "preprocess"]
+__all__ = ["Detections", "IN_GRAPH_OUTPUTS", "Letterbox", "box_iou", "cell_centres", "decode", "decode_dense",
+           "letterbox", "nms", "postprocess", "predict_detections", "preprocess"]

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..spec import DeployBenchError
-from .detection import Detections, box_iou
+from .detection import Detections, postprocess
+from .nms import box_iou
 
 
 def _boxes_and_classes(item: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -112,4 +113,22 @@ def detection_agreement(detections: Detections | Sequence[Detections],
             "mean_score_delta": float(np.mean(deltas)) if deltas else float("nan")}
 
 
-__all__ = ["detection_agreement", "mean_average_precision"]
+
+
+def evaluate_detection(infer, inputs: Mapping[str, np.ndarray], truths: Sequence[Any], config: Mapping[str, Any],
+                       limit: int | None = None) -> dict[str, Any]:
+    """{"metric": "map50", "value": mAP@0.5, "map50_95": mAP@0.5:0.95, "n": images}: each input image
+    (already at the model's input size) run alone, post-processed, scored with pycocotools."""
+    count = len(truths) if limit is None else min(int(limit), len(truths))
+    if count == 0:
+        raise DeployBenchError("detection eval_data has no images; give at least one image with its boxes")
+    threshold = float(config.get("eval_score_threshold", 0.05))
+    detections = []
+    for i in range(count):
+        outputs = infer({name: array[i:i + 1] for name, array in inputs.items()})
+        detections.append(postprocess(outputs, config, score_threshold=threshold))
+    scores = mean_average_precision(detections, list(truths[:count]))
+    return {"metric": "map50", "value": scores["map50"], "map50_95": scores["map50_95"], "n": int(count)}
+
+
+__all__ = ["detection_agreement", "evaluate_detection", "mean_average_precision"]

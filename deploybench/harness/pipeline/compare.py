@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deploybench.harness.results.matrix import Matrix
+from deploybench.harness.report.matrix import Matrix
 from deploybench.spec import DeployBenchError
 
 

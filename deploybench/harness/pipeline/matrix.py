@@ -17,7 +17,7 @@ from deploybench.harness.pipeline.plan import ModelInfo, plan_cells, select_shar
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.harness.pipeline.stages import MEASURES
 from deploybench.harness.pipeline.worker import InProcessWorker, Worker, WorkerDied, make_worker
-from deploybench.harness.results.matrix import Matrix
+from deploybench.harness.report.matrix import Matrix
 from deploybench.spec import Cell, DeployBenchError, ModelSpec, Result
 
 Runner = Worker | InProcessWorker

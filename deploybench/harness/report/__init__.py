@@ -1,1 +1,3 @@
-"""Reports of a matrix: the terminal table, Markdown for a pull request, HTML with plots, and sinks."""
+"""Reports of a matrix: ``table`` (the rows every report shows, and the terminal table), ``markdown``
+(a pull-request comment), ``html`` (one page with ``plots``), ``command`` (``deploybench report``) and
+the ``mlflow_sink``. Reports read results through ``results`` and show the gate's verdicts."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from deploybench.harness.report.matrix import Matrix
 from deploybench.spec import DeployBenchError, Result
 
 _STATUS_TO_MLFLOW = {"ok": "FINISHED", "skipped": "FINISHED", "failed": "FAILED", "timeout": "FAILED"}
@@ -62,7 +63,7 @@ def cell_params(result: Result, machine: Mapping[str, Any] | None) -> dict[str, 
     """Cell fields and machine description as MLflow params ({key: str})."""
     params = {**result.cell.to_dict()}
     machine = dict(machine or {})
-    machine_id = result.extra.get("machine_id")
+    machine_id = result.machine_id
     if machine_id and isinstance(machine.get(machine_id), Mapping):  # a merged matrix: {machine_id: machine}
         machine = dict(machine[machine_id])
     for key in _MACHINE_PARAMS:
@@ -77,9 +78,8 @@ def cell_tags(result: Result) -> dict[str, str]:
             "deploybench.unstable": str(bool(result.unstable)).lower()}
     if result.reason:
         tags["deploybench.reason"] = result.reason[:_MAX_TAG]
-    tolerance = result.extra.get("tolerance")
-    if isinstance(tolerance, Mapping) and tolerance.get("passed") is not None:
-        tags["deploybench.accuracy_passed"] = str(bool(tolerance["passed"])).lower()
+    if result.tolerance is not None:
+        tags["deploybench.accuracy_passed"] = str(result.tolerance.passed).lower()
     if result.accuracy and result.accuracy.reference:
         tags["deploybench.reference"] = result.accuracy.reference
     return tags
@@ -114,9 +114,7 @@ def log_matrix(results: Sequence[Result], machine: Mapping[str, Any] | None, tra
                               metric_class("cells_ok", float(ok), now, 0)],
                      params=[param_class(f"machine.{k}", str(machine[k])[:_MAX_PARAM])
                              for k in _MACHINE_PARAMS if machine.get(k) not in (None, "")])
-    matrix_json = {"schema": "deploybench.matrix/1", "machine": machine, "settings": dict(settings or {}),
-                   "cells": [r.to_dict() for r in results]}
-    client.log_dict(parent_id, matrix_json, "results.json")
+    client.log_dict(parent_id, Matrix(results, machine, dict(settings or {})).to_dict(), "results.json")
     run_ids = []
     for result in results:
         tags = {**cell_tags(result), "deploybench.parent": parent_id, "mlflow.parentRunId": parent_id}

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from deploybench.harness.results.io import read_json, results_from_json
+from deploybench.harness.results.cells import median_ms
 from deploybench.spec import DeployBenchError, Result
-from deploybench.harness.results.io import read_json
 
 _RUN_NAME = re.compile(r"^(?P<id>\d{4})_(?P<rest>.*)$")
 
@@ -35,8 +34,6 @@ class StoredRun:
 
     def results(self) -> list[Result]:
         """The run's cells as ``Result`` objects, rebuilt from each benchmark's ``extra_info`` (or the run JSON)."""
-        from deploybench.harness.report.render import results_from_json
-
         return results_from_json(self.data)[0]
 
 
@@ -95,12 +92,7 @@ def find_run(run_id: str, storage: str | Path = ".benchmarks") -> Path:
 
 
 def _cell_median(run: StoredRun, cell_id: str) -> float | None:
-    for result in run.results():
-        if result.cell.id == cell_id and result.ok:
-            if result.samples_ms:
-                return float(np.median(result.samples_ms))
-            return result.latency_ms.median if result.latency_ms else None
-    return None
+    return next((median_ms(r) for r in run.results() if r.cell.id == cell_id and r.ok), None)
 
 
 def history_table(runs: list[StoredRun], cell_id: str | None = None) -> str:

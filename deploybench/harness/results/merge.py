@@ -1,8 +1,8 @@
 """Join matrices from several machines or CI shards into one matrix with the machine as a dimension.
 
-Each merged cell carries ``machine_id`` (also in its ``extra``, so ``Result.from_dict`` keeps it) and the
-merged file keeps a ``machines`` mapping ``{machine_id: machine}``. Two inputs that measured the same cell
-on the same machine are refused: one of them would silently win.
+Each merged cell carries its ``machine_id`` (``Result.machine_id``) and the merged file keeps a
+``machines`` mapping ``{machine_id: machine}``. Two inputs that measured the same cell on the same
+machine are refused: one of them would silently win.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploybench.spec import DeployBenchError
-from deploybench.harness.results.io import read_json
-
-SCHEMA = "deploybench.matrix/1"
-_CELL_KEYS = ("model", "format", "backend", "precision")
+from deploybench.harness.results.io import read_json, result_from_cell, write_text_atomic
+from deploybench.harness.results.cells import SCHEMA
+from deploybench.spec import Cell, DeployBenchError
 
 
 def machine_id_of(machine: Mapping[str, Any] | None) -> str:
@@ -53,7 +52,7 @@ def _load(source: Any, index: int) -> tuple[str, dict[str, Any]]:
 
 
 def merge_matrices(sources: Sequence[Any], machine_id: str | None = None) -> dict[str, Any]:
-    """One matrix dict (schema deploybench.matrix/1) holding every cell of ``sources`` with its ``machine_id``.
+    """One matrix dict (``SCHEMA``) holding every cell of ``sources`` with its ``machine_id``.
 
     ``sources`` are paths, matrix dicts or Matrix-like objects (with ``to_dict()``); an already merged matrix
     may be merged again. ``machine_id`` labels every input as one machine kind (CI shards run on different
@@ -63,7 +62,7 @@ def merge_matrices(sources: Sequence[Any], machine_id: str | None = None) -> dic
     if not sources:
         raise DeployBenchError("nothing to merge: pass at least one results JSON")
     machines: dict[str, dict[str, Any]] = {}
-    seen: dict[tuple[str, ...], str] = {}
+    seen: dict[tuple[Cell, str], str] = {}
     cells: list[dict[str, Any]] = []
     shards: list[dict[str, Any]] = []
     versions: set[str] = set()
@@ -86,22 +85,19 @@ def merge_matrices(sources: Sequence[Any], machine_id: str | None = None) -> dic
                 if runner != machine_id and runner in machines and "runners" not in machines[runner]:
                     del machines[runner]
         for position, cell in enumerate(data["cells"]):
-            if not isinstance(cell, Mapping) or any(k not in cell for k in _CELL_KEYS):
-                raise DeployBenchError(f"cannot merge {name}: cell #{position} lacks model/format/backend/precision")
-            cell_machine = machine_id or str(cell.get("machine_id") or (cell.get("extra") or {}).get("machine_id")
-                                             or own_id or machine_id_of(None))
-            key = (*(str(cell[k]) for k in _CELL_KEYS), cell_machine)
+            try:
+                result = result_from_cell(cell, position)
+            except DeployBenchError as exc:
+                raise DeployBenchError(f"cannot merge {name}: {exc}") from None
+            result.machine_id = machine_id or result.machine_id or own_id or machine_id_of(None)
+            key = (result.cell, result.machine_id)
             if key in seen:
-                cell_id = "-".join(key[:4])
-                raise DeployBenchError(f"cell {cell_id} on machine {cell_machine} is in both {seen[key]} and "
-                                       f"{name}; drop one of them or give each run its own shard")
+                raise DeployBenchError(f"cell {result.cell.id} on machine {result.machine_id} is in both {seen[key]} "
+                                       f"and {name}; drop one of them or give each run its own shard")
             seen[key] = name
-            merged_cell = dict(cell)
-            merged_cell["machine_id"] = cell_machine
-            merged_cell["extra"] = {**(cell.get("extra") or {}), "machine_id": cell_machine}
-            cells.append(merged_cell)
+            cells.append(result.to_dict())
         shards.append({"source": name, "created": data.get("created"), "settings": data.get("settings") or {},
-                       "cells": len(data["cells"])})
+                       "cells": len(data["cells"]), "incomplete": str(data.get("incomplete") or "")})
     machines = dict(sorted(machines.items()))
     if len(machines) == 1:
         machine_summary = next(iter(machines.values()))
@@ -112,6 +108,8 @@ def merge_matrices(sources: Sequence[Any], machine_id: str | None = None) -> dic
         "schema": SCHEMA,
         "deploybench_version": ", ".join(sorted(versions)) or None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # an interrupted shard leaves the merged matrix short of its cells too
+        "incomplete": "; ".join(f"{s['source']}: {s['incomplete']}" for s in shards if s["incomplete"]),
         "machine": machine_summary,
         "machines": machines,
         "settings": {"merged_from": shards},
@@ -130,16 +128,9 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def merge_command(args: argparse.Namespace) -> int:
     """Write the merged matrix; 0 on success, 2 with one line on stderr on a user error."""
-    import sys
-
     try:
         merged = merge_matrices(args.inputs, machine_id=getattr(args, "machine_id", None))
-        output = Path(args.output)
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(merged, indent=1))
-        except OSError as exc:
-            raise DeployBenchError(f"cannot write {str(output)!r} ({exc.strerror}); choose a writable path") from None
+        write_text_atomic(args.output, json.dumps(merged, indent=1))
     except DeployBenchError as exc:
         print(f"deploybench merge: {exc}", file=sys.stderr)
         return 2
