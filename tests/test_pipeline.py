@@ -326,3 +326,27 @@ def test_sigterm_writes_what_was_measured_and_resume_runs_only_the_rest(model_fi
         ("digits_cnn", "torch", "ok"), ("digits_cnn", "onnxruntime", "ok"),
         ("misbehaving", "torch", "ok"), ("misbehaving", "onnxruntime", "ok")]
     assert second["cells"][:2] == first["cells"]  # kept as measured, not run again
+
+
+def test_the_gates_interleaved_rerun_runs_in_a_worker_not_in_the_gates_process(model_file, tmp_path):
+    for name in ("base", "head"):
+        matrix = run_deployment_benchmark([_ref(model_file, "healthy")], backends=["onnxruntime"], settings=QUICK,
+                                          progress=False)
+        assert matrix.results[0].ok, matrix.results[0].reason
+        matrix.save(tmp_path / f"{name}.json")
+    code = textwrap.dedent(f"""
+        import sys
+        from deploybench.harness.gate.command import run_gate
+        from deploybench.harness.gate.verdict import GateSettings
+        verdicts = run_gate({str(tmp_path / 'base.json')!r}, {str(tmp_path / 'head.json')!r}, GateSettings(),
+                            interleaved=True, threads=1)
+        latency = next(v for v in verdicts if v.metric == "latency")
+        print(latency.mode, latency.verdict, len(latency.reason) > 0)
+        print(sorted(m for m in ("torch", "onnxruntime", "onnx") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mode_line, modules_line = done.stdout.strip().splitlines()[-2:]
+    mode, verdict, _ = mode_line.split()
+    assert mode == "interleaved" and verdict in ("unchanged", "inconclusive")  # the same artifact on both sides
+    assert modules_line == "[]"  # no model library was loaded by the gate's own process

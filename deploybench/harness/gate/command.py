@@ -71,17 +71,24 @@ def run_gate(baseline_ref: str, current_ref: str, settings: GateSettings, storag
                if history_storage else None)
     ratios = None
     if interleaved:
+        from deploybench.harness.pipeline.settings import RunSettings
+        from deploybench.harness.pipeline.worker import Worker
+
         ratios = {}
         base_by_id = {r.cell.id: r for r in baseline if r.ok}
-        for cur in current:
-            base = base_by_id.get(cur.cell.id)
-            if base is None or not cur.ok:
-                continue
-            try:
-                ratios[cur.cell.id] = interleave_results(base, cur, threads=threads, blocks=blocks,
-                                                         threshold=settings.threshold)
-            except DeployBenchError as exc:
-                log(f"deploybench gate: {cur.cell.id}: cannot interleave ({exc}); judged without it")
+        worker = Worker(None, RunSettings(threads=threads))  # one process re-runs every pair, not this one
+        try:
+            for cur in current:
+                base = base_by_id.get(cur.cell.id)
+                if base is None or not cur.ok:
+                    continue
+                try:
+                    ratios[cur.cell.id] = interleave_results(base, cur, threads=threads, blocks=blocks,
+                                                             threshold=settings.threshold, worker=worker)
+                except DeployBenchError as exc:
+                    log(f"deploybench gate: {cur.cell.id}: cannot interleave ({exc}); judged without it")
+        finally:
+            worker.close()
     return gate_results(baseline, current, settings, history=history, block_ratios=ratios)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from deploybench.harness.gate.statistics import CONFIDENCE, DEFAULT_THRESHOLD, INCONCLUSIVE, compare_interleaved
-from deploybench.spec import Result
+from deploybench.spec import DeployBenchError, Result
 
 
 def interleave(run_baseline: Callable[[], Any], run_current: Callable[[], Any], blocks: int = 30,
@@ -66,33 +66,34 @@ def interleave_until_decided(run_baseline: Callable[[], Any], run_current: Calla
     return ratios
 
 
-def _engine_for(result: Result, threads: int | None):
-    """A loaded engine and seeded inputs for the artifact a Result measured (rebuilt if not on disk)."""
-    from deploybench.converters import artifact_from_path, deploy_model
-    from deploybench.engines import create_deployer
-    from deploybench.models import resolve_ref
+def _engine_for(result: Result, settings):
+    """A loaded engine and seeded inputs for the artifact a Result measured, through the pipeline's own
+    convert and load stages (rebuilt from the model's ref when the artifact is not on disk)."""
+    from deploybench.converters import artifact_from_path
+    from deploybench.harness.pipeline import stages
+    from deploybench.models import ModelSource
 
     path, cell = result.artifact_path, result.cell
-    if cell.format == "torch" or not path or not Path(path).exists():
-        spec = resolve_ref(result.model_ref or cell.model)
-        if cell.format == "torch":
-            engine = create_deployer(spec, backend=cell.backend, precision=cell.precision, threads=threads)
-            return engine, spec.make_inputs(seed=result.seed)
-        artifact = deploy_model(spec, cell.format, precision=cell.precision)
-        inputs = spec.make_inputs(seed=result.seed)
-    else:
+    if cell.format != "torch" and path and Path(path).exists():
         artifact = artifact_from_path(Path(path))
         rng = np.random.default_rng(result.seed)
         inputs = {t.name: t.random(rng) for t in artifact.inputs}
-    engine = create_deployer(artifact, backend=cell.backend, precision=cell.precision, threads=threads)
-    return engine, inputs
+    else:
+        spec = ModelSource(ref=result.model_ref or cell.model).resolve()
+        artifact = stages.convert(spec, cell, settings)
+        inputs = spec.make_inputs(seed=result.seed)
+    return stages.load(cell, artifact, settings), inputs
 
-def interleave_results(baseline: Result, current: Result, threads: int | None = None,
-                       blocks: int = 30, threshold: float = DEFAULT_THRESHOLD) -> list[float]:
-    """Block ratios of the current cell's artifact against the baseline's, run interleaved here."""
-    base_engine, base_inputs = _engine_for(baseline, threads)
+
+def interleave_here(baseline: Result, current: Result, threads: int | None, blocks: int,
+                    threshold: float) -> list[float]:
+    """``interleave_until_decided`` of the two cells' engines in this process (a worker's)."""
+    from deploybench.harness.pipeline.settings import RunSettings
+
+    settings = RunSettings(threads=threads)
+    base_engine, base_inputs = _engine_for(baseline, settings)
     try:
-        cur_engine, cur_inputs = _engine_for(current, threads)
+        cur_engine, cur_inputs = _engine_for(current, settings)
         try:
             return interleave_until_decided(lambda: base_engine.infer(base_inputs),
                                             lambda: cur_engine.infer(cur_inputs), threshold=threshold,
@@ -103,5 +104,24 @@ def interleave_results(baseline: Result, current: Result, threads: int | None = 
         base_engine.close()
 
 
+def interleave_results(baseline: Result, current: Result, threads: int | None = None,
+                       blocks: int = 30, threshold: float = DEFAULT_THRESHOLD, worker=None) -> list[float]:
+    """Block ratios of the current cell's artifact against the baseline's, both run interleaved in one
+    worker process (``worker``, or a fresh one): the gate's own process runs no model code, and a
+    crash or hang there is one ``DeployBenchError`` line naming the cell and the signal."""
+    from deploybench.harness.pipeline.settings import RunSettings
+    from deploybench.harness.pipeline.worker import Worker, WorkerDied
 
-__all__ = ["interleave", "interleave_results", "interleave_until_decided"]
+    own = worker is None
+    worker = worker or Worker(None, RunSettings(threads=threads))
+    try:
+        return worker.call("deploybench.harness.gate.interleave:interleave_here", baseline, current, threads,
+                           blocks, threshold)
+    except WorkerDied as died:
+        raise DeployBenchError(f"{current.cell.id}: the interleaved re-run {died.reason.split(': ', 1)[-1]}") from None
+    finally:
+        if own:
+            worker.close()
+
+
+__all__ = ["interleave", "interleave_here", "interleave_results", "interleave_until_decided"]
