@@ -37,7 +37,8 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
     an exported file. The artifact records its path(s), format, precision, input/output specs,
     size on disk, conversion time and what the conversion did (``metadata``). Results are cached
     under ``output_dir`` (default: ``$DEPLOYBENCH_CACHE`` or ``.deploybench-cache``) by a content
-    hash of the weights, graph, options and tool versions; ``cache=False`` converts anew.
+    hash of the weights, graph, options and tool versions; ``cache=False`` converts anew. Processes
+    asking for the same conversion at once run it once: the others wait for it and read the result.
     """
     from ..models import model_spec
 
@@ -70,10 +71,13 @@ def artifact_from_path(path: Path) -> Artifact:
     path = Path(path)
     if not path.exists():
         raise DeployBenchError(f"model file {path} does not exist")
-    cached = ConversionCache(path.parent.parent).load(path.parent, mark_cached=True)
-    if cached is not None and cached.path.resolve() == path.resolve():
-        return cached  # written by deploy_model: its sidecar knows more than the file says
+    if not (path.is_file() or path.is_dir()):  # a pipe or a device: reading it would never end
+        raise DeployBenchError(f"model file {path} is not a regular file; pass the exported file itself")
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    cached = ConversionCache(path.parent.parent).load(path.parent, mark_cached=True)
+    # Written by deploy_model, its sidecar knows more than the file says; a third-party format is known only by it.
+    if cached is not None and fmt in (None, cached.format) and cached.path.resolve() == path.resolve():
+        return cached
     if fmt is None:
         raise DeployBenchError(f"{path}: unknown model file type {path.suffix!r}; "
                                f"deploybench reads {', '.join(sorted(SUFFIX_FORMATS))}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
+from ._paths import stays_inside
 
 DEFAULT_TARGET = "iOS16"  # ML Program with quantized-weight ops (constexpr_affine_dequantize)
 MAX_DYNAMIC_SIZE = 4096
@@ -176,12 +177,16 @@ def read_artifact(path: Path) -> Artifact:
         import coremltools as ct
     except ImportError as exc:
         raise DeployBenchError(f"reading {path.name} needs coremltools: pip install coremltools") from exc
+    if path.is_dir():
+        _check_package(path)
     try:
         model = ct.models.MLModel(str(path), skip_model_load=True)
         proto = model.get_spec()
     except Exception as exc:
         raise DeployBenchError(f"{path} is not a readable CoreML model ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); re-export it") from None
+    if proto.WhichOneof("Type") is None or not proto.description.output:  # an empty file parses as an empty spec
+        raise DeployBenchError(f"{path} holds no CoreML model (no model type or no outputs); re-export it")
     user = dict(proto.description.metadata.userDefined)
     inputs = tuple(_feature_spec(f, i) for i, f in enumerate(proto.description.input))
     if _INPUTS_KEY in user:  # our own package: keep the spec's axis names and value ranges
@@ -196,6 +201,23 @@ def read_artifact(path: Path) -> Artifact:
                     metadata={"model_type": proto.WhichOneof("Type"),
                               "specification_version": int(proto.specificationVersion),
                               "coremltools_source": user.get("com.github.apple.coremltools.source", "")})
+
+
+def _check_package(path: Path) -> None:
+    """Refuse an .mlpackage whose manifest items or symlinks lead outside it, before coremltools reads them."""
+    try:
+        items = json.loads((path / "Manifest.json").read_text())["itemInfoEntries"].values()
+        locations = [str(item["path"]) for item in items]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # coremltools names what is wrong with the manifest itself
+    for location in locations:
+        if not stays_inside(path / "Data", location):
+            raise DeployBenchError(f"{path}: manifest item path {location!r} leaves the package; refusing to read it: "
+                                   "re-export the model or copy the whole .mlpackage")
+    for item in path.rglob("*"):
+        if item.is_symlink() and not stays_inside(path, item.relative_to(path)):
+            raise DeployBenchError(f"{path}: {item.relative_to(path)} is a symlink leaving the package; refusing to "
+                                   "read it: copy the whole .mlpackage without links")
 
 
 def _feature_spec(feature, index: int) -> TensorSpec:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
+from ._paths import stays_inside
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
 DEFAULT_OPSET = 18
@@ -135,8 +136,31 @@ def _inline_external_data(target: Path) -> None:
 
 
 def _external_locations(model) -> list[str]:
-    return sorted({entry.value for t in model.graph.initializer for entry in t.external_data
-                   if t.data_location == 1 and entry.key == "location"})
+    return sorted({entry.value for t in _external_tensors(model) for entry in t.external_data
+                   if entry.key == "location"})
+
+
+def _external_tensors(model) -> list:
+    """Every tensor whose data lives in another file: initializers, and tensors in attributes and subgraphs."""
+    import onnx
+
+    def of_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        yield from of_nodes(graph.node)
+
+    def of_nodes(nodes):
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for graph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from of_graph(graph)
+
+    tensors = [*of_graph(model.graph), *(t for function in model.functions for t in of_nodes(function.node))]
+    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _check(path: Path) -> dict[str, Any]:
@@ -274,28 +298,72 @@ def _to_int8(spec: ModelSpec, source: Artifact, target: Path, calibration_size: 
 def read_artifact(path: Path) -> Artifact:
     """An ``Artifact`` for an existing ``.onnx`` file: its input/output TensorSpecs, opset and precision
     (stamped by deploybench, else guessed: int8 with QuantizeLinear nodes, fp16 if most weights are fp16)."""
+    import onnx
+
     path = Path(path)
-    model = _load(path)
+    model = _parse(path)
+    data_files = _external_data_files(model, path)
+    try:
+        # Given the path, the checker looks for external data beside the model; given the proto, in the cwd.
+        onnx.checker.check_model(str(path) if data_files else model)
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
     if not model.graph.output:
         raise DeployBenchError(f"{path} has no graph outputs: not a usable ONNX model; re-export it")
     props = {p.key: p.value for p in model.metadata_props}
     precision = props.get(PRECISION_KEY) or guess_precision(model)
-    return _artifact(path, precision, {"opset": _opset(model)}, model=model,
-                     files=(path, *(path.parent / name for name in _external_locations(model))))
+    return _artifact(path, precision, {"opset": _opset(model)}, model=model, files=(path, *data_files))
 
 
-def _load(path: Path):
+def external_data_files(path: Path) -> list[Path]:
+    """The files an ``.onnx`` keeps tensor data in, each checked to lie in the model's folder and be complete."""
+    return _external_data_files(_parse(Path(path)), Path(path))
+
+
+def _parse(path: Path):
+    """The graph of ``path`` without its external data, which ``_external_data_files`` checks first."""
     import onnx
 
     if not path.is_file():
-        raise DeployBenchError(f"ONNX model {path} does not exist")
+        raise DeployBenchError(f"ONNX model {path} does not exist or is not a file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise DeployBenchError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}".splitlines()[0]
-                               + "); re-export it or check the file is complete") from exc
-    return model
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> DeployBenchError:
+    return DeployBenchError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}".splitlines()[0]
+                            + "); re-export it or check the file is complete")
+
+
+def _external_data_files(model, path: Path) -> list[Path]:
+    """The files ``model`` (read from ``path``) keeps tensor data in; refused before anything reads them when
+    one lies outside the model's folder (``..``, an absolute path, a symlink out) or is shorter than its tensors."""
+    folder = path.parent
+    ends: dict[str, int] = {}
+    for tensor in _external_tensors(model):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        if not stays_inside(folder, location):
+            raise DeployBenchError(f"{path}: external data location {location!r} leaves the model's folder; refusing "
+                                   "to read it: put the data file next to the model and name it by its file name")
+        try:
+            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
+        except ValueError:
+            raise DeployBenchError(f"{path}: tensor {tensor.name!r} has external data offset {info.get('offset')!r} "
+                                   f"and length {info.get('length')!r}, which are not numbers; re-export it") from None
+        ends[location] = max(ends.get(location, 0), end)
+    files = []
+    for location, end in sorted(ends.items()):
+        data = folder / location
+        if not data.is_file():
+            raise DeployBenchError(f"{path}: its external data file {location!r} is missing; copy it next to the model")
+        if data.stat().st_size < end:
+            raise DeployBenchError(f"{path}: its external data file {location!r} holds {data.stat().st_size} bytes, "
+                                   f"its tensors need {end}; copy the complete file next to the model")
+        files.append(data)
+    return files
 
 
 def guess_precision(model) -> str:
@@ -364,4 +432,4 @@ def _stamp_precision(path: Path, precision: str) -> None:
 
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_OPSET", "FP16_SENSITIVE_OPS", "convert", "export_torch",
-           "graph_tensor_specs", "guess_precision", "read_artifact"]
+           "external_data_files", "graph_tensor_specs", "guess_precision", "read_artifact"]

@@ -74,8 +74,7 @@ def _source_model(spec: ModelSpec):
             try:
                 model = ov.convert_model(str(path))
             except Exception as exc:
-                raise DeployBenchError(f"OpenVINO cannot convert {path}: {type(exc).__name__}: {exc}"
-                                       .splitlines()[0]) from exc
+                raise DeployBenchError(f"OpenVINO cannot convert {path}: {_reason(exc)}") from exc
             return model, {"source": "onnx"}
         if spec.source_format == "openvino":
             return _read(path), {"source": "openvino"}
@@ -141,20 +140,27 @@ def _read(path: Path):
     if not path.is_file():
         raise DeployBenchError(f"OpenVINO IR {path} does not exist")
     bin_path = path.with_suffix(".bin")
-    try:
-        head = path.read_bytes()[:1 << 20].decode("utf-8")
-    except UnicodeDecodeError:
-        head = ""
+    with path.open("rb") as handle:
+        head = handle.read(1 << 20).decode("utf-8", errors="replace")
     if "<net" not in head:
         raise DeployBenchError(f"{path} is not an OpenVINO IR .xml (no <net> element); re-export it with "
                                "openvino.save_model")
+    if "<!DOCTYPE" in head or "<!ENTITY" in head:  # an IR never declares entities; a billion-laughs file does
+        raise DeployBenchError(f"{path} declares a DOCTYPE or XML entities, which no OpenVINO IR has; refusing it: "
+                               "re-export it with openvino.save_model")
     if not bin_path.exists() and 'element_type=' in head and '"Const"' in head:
         raise DeployBenchError(f"{path} has no weights file {bin_path.name} beside it; copy the .bin next to the .xml")
     try:
         return ov.Core().read_model(str(path))
     except Exception as exc:
-        raise DeployBenchError(f"{path} is not a readable OpenVINO IR ({type(exc).__name__}: {exc}".splitlines()[0]
-                               + "); re-export it or check the .xml and .bin are complete") from exc
+        raise DeployBenchError(f"{path} is not a readable OpenVINO IR ({_reason(exc)}); re-export it or check the "
+                               ".xml and .bin are complete") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """OpenVINO's own words: its messages open with the C++ file that threw and end with what is wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else 'no message'}"
 
 
 def _stamped_precision(model) -> str | None:
@@ -195,8 +201,9 @@ def model_tensor_specs(model, known_inputs: tuple[TensorSpec, ...] = ()
     known = {t.name: t for t in known_inputs}
     leading = next((t.shape[0] for t in known_inputs if t.shape and isinstance(t.shape[0], str)), "batch")
 
-    def spec_of(port, use_known: bool) -> TensorSpec:
-        name = port.get_any_name()
+    def spec_of(port, use_known: bool, fallback: str) -> TensorSpec:
+        # A tensor without a name (an IR written by hand or by another tool) is known by its position.
+        name = port.get_any_name() if port.get_names() else fallback
         if use_known and name in known:
             return known[name]
         dtype = _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")
@@ -211,7 +218,8 @@ def model_tensor_specs(model, known_inputs: tuple[TensorSpec, ...] = ()
                 shape.append(leading if axis == 0 else f"{name}_{axis}")
         return TensorSpec(name, tuple(shape), dtype)
 
-    return (tuple(spec_of(p, True) for p in model.inputs), tuple(spec_of(p, False) for p in model.outputs))
+    return (tuple(spec_of(p, True, f"input_{i}") for i, p in enumerate(model.inputs)),
+            tuple(spec_of(p, False, f"output_{i}") for i, p in enumerate(model.outputs)))
 
 
 __all__ = ["PRECISIONS", "convert", "guess_precision", "model_tensor_specs", "read_artifact"]

@@ -10,6 +10,8 @@ inside the .pt2 (``extra_files``) as well as in the cache sidecar, so a copied .
 from __future__ import annotations
 
 import json
+import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +73,12 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", strict: boo
 
 def read_artifact(path: Path) -> Artifact:
     """An ``Artifact`` for an existing ``.pt2`` file: specs from its deploybench entry, else from its graph."""
-    import torch
-
     path = Path(path)
     extra = {SPECS_ENTRY: ""}
-    try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as exc:
-        raise DeployBenchError(f"{path} is not a torch.export .pt2 file torch {torch.__version__} can load: "
-                               f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    if extra.get(SPECS_ENTRY):
-        specs = json.loads(extra[SPECS_ENTRY])
-        inputs = tuple(TensorSpec.from_dict(t) for t in specs["inputs"])
-        outputs = tuple(TensorSpec.from_dict(t) for t in specs["outputs"])
+    program = _load_program(path, extra)
+    saved = _saved_specs(extra[SPECS_ENTRY])
+    if saved is not None:
+        inputs, outputs, specs = saved
         metadata = {"model": specs.get("model", path.stem), "task": specs.get("task", "generic"),
                     "task_config": specs.get("task_config", {}), "dynamic_shapes": specs.get("dynamic_shapes")}
     else:
@@ -94,6 +89,63 @@ def read_artifact(path: Path) -> Artifact:
         metadata = {"model": path.stem, "dynamic_shapes": any(t.dynamic_axes for t in inputs)}
     return Artifact(format="torch", path=path, precision="fp32", inputs=inputs, outputs=outputs, files=(path,),
                     metadata=metadata)
+
+
+def _load_program(path: Path, extra: dict[str, str]):
+    """``torch.export.load``, refusing what is no torch.export archive with one line.
+
+    torch logs the error of a damaged archive with its traceback and raises "check the warnings
+    above": the logged error is caught here and named in the message instead.
+    """
+    import torch
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DeployBenchError(f"{path} is not a torch.export .pt2 file (not a readable zip archive: {exc}); "
+                               "export the model with torch.export.save") from None
+    # archive_format marks the current layout, a top-level "version" the one torch 2.7 wrote
+    if not any(name.endswith("/archive_format") or name == "version" for name in names):
+        raise DeployBenchError(f"{path} is a zip archive but not a torch.export .pt2 file (no archive_format entry); "
+                               "export the model with torch.export.save")
+    logged = _KeepErrors()
+    logger = logging.getLogger("torch.export")
+    logger.addFilter(logged)
+    try:
+        return torch.export.load(path, extra_files=extra)
+    except Exception as exc:
+        cause = logged.errors[0] if logged.errors else exc
+        raise DeployBenchError(f"{path} is not a torch.export .pt2 file torch {torch.__version__} can load: "
+                               f"{type(cause).__name__}: {cause}".splitlines()[0]) from exc
+    finally:
+        logger.removeFilter(logged)
+
+
+class _KeepErrors(logging.Filter):
+    """Keeps the errors torch logs while loading, and drops the records (a filter on the logger sees them
+    before its own stderr handler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+        return False
+
+
+def _saved_specs(entry: str):
+    """(inputs, outputs, the entry) from the deploybench entry of a .pt2; None when absent or damaged."""
+    if not entry:
+        return None
+    try:
+        specs = json.loads(entry)
+        return (tuple(TensorSpec.from_dict(t) for t in specs["inputs"]),
+                tuple(TensorSpec.from_dict(t) for t in specs["outputs"]), specs)
+    except (ValueError, KeyError, TypeError, AttributeError, DeployBenchError):
+        return None  # the graph itself still says what the inputs and outputs are
 
 
 def _export_dynamic(module, spec: ModelSpec, dynamic_names: list[str], strict: bool, metadata: dict):
