@@ -119,7 +119,8 @@ def _unavailable(name: str):
 def run_command(args: argparse.Namespace) -> int:
     """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise, 130 when
     interrupted (after writing what was measured)."""
-    from .harness.pipeline.matrix import run_deployment_benchmark, stop_on_sigterm
+    from .harness.pipeline.matrix import stop_on_sigterm
+    from .harness.run import run_deployment_benchmark
     from .harness.pipeline.plan import parse_shard
     from .harness.report.matrix import Matrix
 
@@ -171,7 +172,8 @@ def models_command(args: argparse.Namespace) -> int:
     """``deploybench models``: the zoo, one row per model."""
     from tabulate import tabulate
 
-    from deploybench.models import MODELS, get_model
+    from deploybench.models import MODELS
+    from deploybench.resolve import get_model
 
     rows = []
     for name in MODELS.names():

@@ -15,7 +15,7 @@ from deploybench.harness.measure.timing import TimingRules
 from deploybench.harness.pipeline.matrix import run_one_cell
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.harness.pipeline.worker import Worker
-from deploybench.models import ModelSource
+from deploybench.resolve import ModelSource
 from deploybench.spec import Cell, LatencyStats, Result
 
 

@@ -267,7 +267,7 @@ def test_a_briefly_trained_shapes_detector_already_finds_shapes():
 @pytest.mark.slow
 def test_shapes_detector_reaches_map50_of_0_8_on_held_out_images():
     from deploybench.engines import create_deployer
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
     from deploybench.tasks import evaluate
 
     spec = get_model("shapes_detector")
@@ -283,7 +283,7 @@ def test_shapes_detector_reaches_map50_of_0_8_on_held_out_images():
 def test_shapes_detector_keeps_its_map_on_onnxruntime():
     from deploybench.converters import deploy_model
     from deploybench.engines import create_deployer
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
     from deploybench.tasks import evaluate
 
     spec = get_model("shapes_detector")

@@ -131,8 +131,8 @@ def test_reports_show_detector_columns_only_for_detectors():
 
 def test_shapes_detector_plans_every_compatible_cell():
     from deploybench.engines import engine_class
-    from deploybench.harness.pipeline.matrix import plan_cells
-    from deploybench.models import get_model
+    from deploybench.harness.pipeline.plan import plan_cells
+    from deploybench.resolve import get_model
 
     spec = get_model("shapes_detector")
     cells = plan_cells([spec], ["torch", "onnxruntime", "openvino", "tflite"], ["fp32", "int8"])
@@ -150,9 +150,9 @@ def test_shapes_detector_plans_every_compatible_cell():
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
 def test_trained_detector_matrix_keeps_fp32_map_and_reports_the_int8_drop():
-    from deploybench.harness.pipeline.matrix import run_deployment_benchmark
+    from deploybench.harness.run import run_deployment_benchmark
     from deploybench.harness.report.table import terminal_table
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
 
     spec = get_model("shapes_detector")
     matrix = run_deployment_benchmark([spec], backends=("torch", "onnxruntime", "openvino"),
@@ -186,7 +186,7 @@ def test_trained_detector_predicts_equal_detections_on_torch_onnxruntime_and_ope
     from deploybench.converters import deploy_model
     from deploybench.engines import backend_availability, create_deployer
     from deploybench.harness.measure.detection import held_out_images
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
 
     spec = get_model("shapes_detector")
     images = held_out_images(spec, 24)

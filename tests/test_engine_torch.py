@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
 import textwrap
@@ -86,7 +87,11 @@ def test_pt2_loads_in_a_fresh_process_without_the_model_source(small_cnn_spec, s
         np.save({str(tmp_path / "output.npy")!r}, out["logits"])
         print(",".join(out), "conftest" in sys.modules)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    from deploybench.converters.pytorch import TRUST_ENV
+
+    # the copy left the conversion cache: loading it unpickles, so the user vouches for it
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, TRUST_ENV: "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["logits", "False"]
     np.testing.assert_allclose(np.load(tmp_path / "output.npy"), _reference(small_cnn_spec, inputs), atol=1e-5)
@@ -161,7 +166,10 @@ def test_tuple_outputs_and_a_batch_hard_coded_in_the_graph_fall_back_to_static_s
     np.testing.assert_allclose(outputs["peak"], peak.numpy(), atol=1e-6)
 
 
-def test_a_bare_pt2_from_torch_export_is_read_from_its_graph(tmp_path):
+def test_a_bare_pt2_from_torch_export_is_read_from_its_graph(tmp_path, monkeypatch):
+    from deploybench.converters.pytorch import TRUST_ENV
+
+    monkeypatch.setenv(TRUST_ENV, "1")  # the user's own export, vouched for
     net = make_small_cnn()
     program = torch.export.export(net, (torch.randn(2, 3, 16, 16),),
                                   dynamic_shapes=({0: torch.export.Dim("n", min=1)},))
@@ -180,7 +188,7 @@ def test_torch_format_errors_name_the_fix(small_cnn_spec, tmp_path):
     not_a_program = tmp_path / "junk.pt2"
     not_a_program.write_bytes(b"not a zip")
     with pytest.raises(DeployBenchError, match="junk.pt2 is not a torch.export"):
-        read_artifact(not_a_program)
+        read_artifact(not_a_program)  # tmp_path is a conversion cache of this test: trusted, then read
     from deploybench.converters import torch_artifact
 
     import dataclasses

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from deploybench.converters import deploy_model
-from deploybench.harness.pipeline.compare import compare_backends
+from deploybench.harness.report.compare import compare_backends
 from deploybench.harness.measure.timing import TimingRules
 from deploybench.harness.pipeline.matrix import run_one_cell
 from deploybench.harness.pipeline.plan import parse_shard, plan_cells, select_shard
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.harness.report.matrix import Matrix
 from deploybench.harness.results.cells import SCHEMA
-from deploybench.models import model_from_artifact
+from deploybench.resolve import model_from_artifact
 from deploybench.spec import Accuracy, Cell, DeployBenchError, LatencyStats, Result
 
 FAST = dict(timing=TimingRules(warmup_count=2, warmup_s=0.0, min_samples=10, min_time_s=0.05),

@@ -11,12 +11,13 @@ import pytest
 from deploybench.converters import deploy_model
 from deploybench.engines import backend_availability, create_deployer
 from deploybench.harness.measure.timing import TimingRules
-from deploybench.harness.pipeline.matrix import run_deployment_benchmark, run_one_cell
+from deploybench.harness.pipeline.matrix import run_one_cell
+from deploybench.harness.run import run_deployment_benchmark
 from deploybench.harness.pipeline.plan import plan_cells
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.harness.measure.accuracy import make_reference, task_metric
 from deploybench.harness.report.table import terminal_table
-from deploybench.models import get_model, model_spec
+from deploybench.resolve import get_model, model_spec
 from deploybench.spec import Cell
 
 QUICK = RunSettings(threads=1, timing=TimingRules(warmup_count=1, warmup_s=0.0, min_samples=3, min_time_s=0.0),
@@ -126,7 +127,7 @@ def test_coreml_and_tensorrt_cells_are_skips_with_reasons_not_failures(small_cnn
 def test_a_model_can_switch_off_a_criterion_that_means_nothing_for_it():
     """resnet18's untrained head makes top-1 agreement a tie-break; its int8 cells are judged on error figures."""
     from deploybench.harness.measure.tolerance import check_tolerance
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
     from deploybench.spec import Accuracy
 
     accuracy = Accuracy(max_abs_error=0.2, cosine=0.998, top1_agreement=0.7)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploybench.models import MODELS, get_model, model_from_module, resolve_ref
+from deploybench.models import MODELS, model_from_module
+from deploybench.resolve import get_model, resolve_ref
 from deploybench.models._data import cached_weights, real_images, weights_path
 from deploybench.spec import DeployBenchError, ModelSpec
 
@@ -56,7 +57,7 @@ def test_zoo_spec_is_cheap_and_complete(name):
 
 
 def test_zoo_specs_do_not_import_torch():
-    code = ("import sys; from deploybench.models import get_model; "
+    code = ("import sys; from deploybench.resolve import get_model; "
             f"specs = [get_model(n) for n in {ZOO!r}]; "
             "print(sorted(m for m in ('torch', 'sklearn', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -78,7 +78,7 @@ def test_every_module_imports_without_optional_backends():
 
 def test_unknown_names_give_one_line_errors():
     from deploybench.engines import engine_class
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
 
     with pytest.raises(DeployBenchError, match="unknown backend 'tensorflw'.*onnxruntime"):
         engine_class("tensorflw")

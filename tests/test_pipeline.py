@@ -15,7 +15,8 @@ import pytest
 
 from deploybench.harness.measure.process import CHILD_PLUGIN_ENV
 from deploybench.harness.measure.timing import TimingRules
-from deploybench.harness.pipeline.matrix import run_deployment_benchmark, run_one_cell
+from deploybench.harness.pipeline.matrix import run_one_cell
+from deploybench.harness.run import run_deployment_benchmark
 from deploybench.harness.pipeline.settings import MemoryRules, RunSettings
 from deploybench.spec import Cell, DeployBenchError
 
@@ -31,6 +32,9 @@ MISBEHAVING_MODEL = textwrap.dedent('''
 
     CALLS = {"eager": 0}
 
+    def _exporting():
+        return torch.compiler.is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
     def _eager():
         return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
@@ -41,6 +45,8 @@ MISBEHAVING_MODEL = textwrap.dedent('''
             self.conv = nn.Conv2d(3, 4, 3)
 
         def forward(self, x):
+            if self.action == "segv-in-export" and _exporting():
+                os.kill(os.getpid(), signal.SIGSEGV)
             if _eager():
                 CALLS["eager"] += 1
                 if CALLS["eager"] == self.on_call:
@@ -77,6 +83,10 @@ MISBEHAVING_MODEL = textwrap.dedent('''
     def cancelled_on_second_call():
         torch.manual_seed(0)
         return Misbehaving(2 if os.environ.get("CANCEL_THE_RUN") else 0, "term-parent").eval()
+
+    def crash_in_export():
+        torch.manual_seed(0)
+        return Misbehaving(0, "segv-in-export").eval()
 
     def healthy():
         torch.manual_seed(0)
@@ -150,6 +160,14 @@ def test_a_crash_in_one_cell_restarts_the_worker_and_a_crash_in_the_reference_fa
     for cell_id in ("misbehaving-openvino-openvino-fp32", "misbehaving-onnx-openvino-fp32"):
         assert (results[cell_id].stage, results[cell_id].reason) == ("reference", onnx_cell.reason)
     assert matrix.settings["worker_starts"] == {"misbehaving": 2}
+
+
+def test_a_crash_in_export_fails_the_conversion_cells_and_spares_the_eager_one(model_file):
+    matrix = run_deployment_benchmark([_ref(model_file, "crash_in_export")], backends=["torch", "onnxruntime"],
+                                      settings=QUICK, progress=False)
+    eager, onnx = matrix.results
+    assert eager.ok, eager.reason  # nothing exported: the eager model runs
+    assert (onnx.status, onnx.stage, onnx.reason) == ("failed", "convert", "convert: worker killed by SIGSEGV")
 
 
 def test_a_hang_is_a_timeout_at_its_stage_and_the_run_goes_on(model_file):

@@ -110,3 +110,47 @@ def test_importing_results_and_gate_loads_no_report_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+KILLED_WRITER = """
+import sys
+from deploybench.harness.report.matrix import Matrix
+from deploybench.spec import Cell, Result
+
+path = sys.argv[1]
+for generation in range(10**6):
+    # big enough that a write takes a while: many cells with their samples
+    results = [Result(cell=Cell(f"m{i}", "onnx", "onnxruntime", "fp32"), samples_ms=[float(generation)] * 2000)
+               for i in range(40)]
+    Matrix(results=results, settings={"generation": generation}).save(path)
+    print(generation, flush=True)
+"""
+
+
+def test_kill_9_while_writing_results_leaves_the_previous_file_readable(tmp_path):
+    """SIGKILL cannot be caught: only the write itself (temporary file, fsync, rename) keeps the file whole."""
+    import signal
+    import time
+
+    from deploybench.harness.report.matrix import Matrix
+
+    path = tmp_path / "results.json"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "0"  # one complete file exists
+        seen = []
+        for delay in (0.013, 0.029, 0.041, 0.057, 0.071):
+            time.sleep(delay)
+            matrix = Matrix.load(path)  # readable while being rewritten
+            seen.append(matrix.settings["generation"])
+            assert all(r.samples_ms[0] == float(matrix.settings["generation"]) for r in matrix.results)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    last = Matrix.load(path)  # the previous state (or the one just finished), never half a file
+    assert len(last.results) == 40 and last.settings["generation"] >= max(seen)
+    # a killed writer may leave its own hidden temporary file behind; nothing else, and nothing read as results
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "results.json"]
+    assert all(name.startswith(".results.json.") and name.endswith(".tmp") for name in leftovers), leftovers

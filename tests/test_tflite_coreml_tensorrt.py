@@ -24,7 +24,7 @@ def torch_outputs(spec, inputs):
 
 @pytest.fixture(scope="module")
 def digits_spec():
-    from deploybench.models import get_model
+    from deploybench.resolve import get_model
 
     try:
         return get_model("digits_cnn")

@@ -276,8 +276,25 @@ def test_coreml_garbage_empty_and_packages_reaching_outside_are_one_line(small_c
 
 
 # ---- torch.export .pt2 ---------------------------------------------------------------------------
+def test_a_pt2_from_outside_the_conversion_cache_is_not_unpickled_unless_trusted(small_cnn_spec, tmp_path,
+                                                                                 monkeypatch):
+    """Loading a .pt2 runs torch.load(weights_only=False) on its weights: a file handed over is refused."""
+    from deploybench.converters.pytorch import TRUST_ENV
+    from deploybench.engines import create_deployer
+
+    handed_over = tmp_path / "from_a_stranger.pt2"
+    handed_over.write_bytes(deploy_model(small_cnn_spec, "torch").path.read_bytes())
+    one_line_error(handed_over, "loading a .pt2 unpickles Python objects", f"set {TRUST_ENV}=1")
+    monkeypatch.setenv(TRUST_ENV, "1")
+    with create_deployer(handed_over) as engine:  # vouched for: it loads and runs
+        assert list(engine.infer(small_cnn_spec.make_inputs())) == ["logits"]
+
+
 def test_pt2_that_is_no_torch_export_archive_is_one_line_without_a_logged_traceback(small_cnn_spec, tmp_path,
-                                                                                    capfd):
+                                                                                    capfd, monkeypatch):
+    from deploybench.converters.pytorch import TRUST_ENV
+
+    monkeypatch.setenv(TRUST_ENV, "1")  # past the trust check, to the reading of a damaged archive
     data = deploy_model(small_cnn_spec, "torch").path.read_bytes()
     each_refused(damaged(data, seed=3), tmp_path, ".pt2", "not a torch.export .pt2 file")
     other_zip = tmp_path / "other.pt2"

@@ -33,21 +33,47 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
                  precision: str = "fp32", cache: bool = True, **options: Any) -> Artifact:
     """Export ``model`` to ``target`` format and return the ``Artifact``.
 
-    ``model`` is an ``nn.Module`` (with ``example_inputs``), a ``ModelSpec``, a zoo name, or a path to
-    an exported file. The artifact records its path(s), format, precision, input/output specs,
+    ``model`` is a ``ModelSpec``, an ``nn.Module`` (with ``example_inputs``) or a path to an exported
+    file (``deploybench.deploy_model`` also takes a zoo name or a ``file.py:factory``). The artifact records its path(s), format, precision, input/output specs,
     size on disk, conversion time and what the conversion did (``metadata``). Results are cached
     under ``output_dir`` (default: ``$DEPLOYBENCH_CACHE`` or ``.deploybench-cache``) by a content
     hash of the weights, graph, options and tool versions; ``cache=False`` converts anew. Processes
     asking for the same conversion at once run it once: the others wait for it and read the result.
     """
-    from ..models import model_spec
-
-    spec = model_spec(model, example_inputs=example_inputs)
+    spec = _as_spec(model, example_inputs)
     convert = CONVERTERS.get(target)
     if spec.factory is None and spec.source_format == target and precision == "fp32":
         return artifact_from_path(spec.source_path)
     store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
+    from .pytorch import trust_folder
+
+    trust_folder(store.root)
     return store.get_or_convert(spec, target, precision, options, convert, use_cache=cache)
+
+
+def _as_spec(model: Any, example_inputs: Any) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, (str, Path)):
+        return spec_from_file(Path(model))
+    from ..models import model_from_module
+
+    if example_inputs is None:
+        raise DeployBenchError(f"{type(model).__name__}: pass example_inputs (a tensor, a tuple of tensors or a "
+                               "mapping name -> tensor) with an nn.Module, or a ModelSpec")
+    return model_from_module(model, example_inputs)
+
+
+def spec_from_file(path: Path) -> ModelSpec:
+    """A bring-your-own artifact as a model: its inputs and outputs come from the file."""
+    artifact = artifact_from_path(path)
+    dims = {axis: 1 for t in artifact.inputs for axis in t.dynamic_axes.values()}
+    return ModelSpec(name=Path(path).stem, inputs=artifact.inputs, factory=None,
+                     output_names=tuple(t.name for t in artifact.outputs), dims=dims,
+                     source_path=Path(path), source_format=artifact.format, ref=str(path),
+                     task=artifact.metadata.get("task", "generic"),
+                     task_config=artifact.metadata.get("task_config", {}))
+
 
 
 def torch_artifact(spec: ModelSpec, precision: str = "fp32") -> Artifact:
@@ -90,4 +116,4 @@ def artifact_from_path(path: Path) -> Artifact:
     return reader(path)
 
 
-__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "artifact_from_path", "deploy_model", "torch_artifact"]
+__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "spec_from_file", "artifact_from_path", "deploy_model", "torch_artifact"]

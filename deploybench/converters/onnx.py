@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
-from ._paths import stays_inside
+from .onnx_external import data_files_of, external_tensors
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
 DEFAULT_OPSET = 18
@@ -136,31 +136,8 @@ def _inline_external_data(target: Path) -> None:
 
 
 def _external_locations(model) -> list[str]:
-    return sorted({entry.value for t in _external_tensors(model) for entry in t.external_data
+    return sorted({entry.value for t in external_tensors(model) for entry in t.external_data
                    if entry.key == "location"})
-
-
-def _external_tensors(model) -> list:
-    """Every tensor whose data lives in another file: initializers, and tensors in attributes and subgraphs."""
-    import onnx
-
-    def of_graph(graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield from (sparse.values, sparse.indices)
-        yield from of_nodes(graph.node)
-
-    def of_nodes(nodes):
-        for node in nodes:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                for graph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                    yield from of_graph(graph)
-
-    tensors = [*of_graph(model.graph), *(t for function in model.functions for t in of_nodes(function.node))]
-    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _check(path: Path) -> dict[str, Any]:
@@ -302,7 +279,7 @@ def read_artifact(path: Path) -> Artifact:
 
     path = Path(path)
     model = _parse(path)
-    data_files = _external_data_files(model, path)
+    data_files = data_files_of(model, path)
     try:
         # Given the path, the checker looks for external data beside the model; given the proto, in the cwd.
         onnx.checker.check_model(str(path) if data_files else model)
@@ -317,11 +294,11 @@ def read_artifact(path: Path) -> Artifact:
 
 def external_data_files(path: Path) -> list[Path]:
     """The files an ``.onnx`` keeps tensor data in, each checked to lie in the model's folder and be complete."""
-    return _external_data_files(_parse(Path(path)), Path(path))
+    return data_files_of(_parse(Path(path)), Path(path))
 
 
 def _parse(path: Path):
-    """The graph of ``path`` without its external data, which ``_external_data_files`` checks first."""
+    """The graph of ``path`` without its external data, which ``data_files_of`` checks first."""
     import onnx
 
     if not path.is_file():
@@ -335,35 +312,6 @@ def _parse(path: Path):
 def _unreadable(path: Path, exc: Exception) -> DeployBenchError:
     return DeployBenchError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}".splitlines()[0]
                             + "); re-export it or check the file is complete")
-
-
-def _external_data_files(model, path: Path) -> list[Path]:
-    """The files ``model`` (read from ``path``) keeps tensor data in; refused before anything reads them when
-    one lies outside the model's folder (``..``, an absolute path, a symlink out) or is shorter than its tensors."""
-    folder = path.parent
-    ends: dict[str, int] = {}
-    for tensor in _external_tensors(model):
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if not stays_inside(folder, location):
-            raise DeployBenchError(f"{path}: external data location {location!r} leaves the model's folder; refusing "
-                                   "to read it: put the data file next to the model and name it by its file name")
-        try:
-            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
-        except ValueError:
-            raise DeployBenchError(f"{path}: tensor {tensor.name!r} has external data offset {info.get('offset')!r} "
-                                   f"and length {info.get('length')!r}, which are not numbers; re-export it") from None
-        ends[location] = max(ends.get(location, 0), end)
-    files = []
-    for location, end in sorted(ends.items()):
-        data = folder / location
-        if not data.is_file():
-            raise DeployBenchError(f"{path}: its external data file {location!r} is missing; copy it next to the model")
-        if data.stat().st_size < end:
-            raise DeployBenchError(f"{path}: its external data file {location!r} holds {data.stat().st_size} bytes, "
-                                   f"its tensors need {end}; copy the complete file next to the model")
-        files.append(data)
-    return files
 
 
 def guess_precision(model) -> str:

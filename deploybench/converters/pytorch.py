@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,28 @@ from typing import Any
 from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 
 FILE_NAME = "model.pt2"
+# Loading a .pt2 unpickles Python objects (its weights and constants, torch.load(weights_only=False)):
+# a crafted file runs code. A .pt2 is loaded from a conversion cache this process uses, or when the
+# user vouches for it with this variable.
+TRUST_ENV = "DEPLOYBENCH_TRUST_PICKLE"
+_TRUSTED_FOLDERS: set[Path] = set()
+
+
+def trust_folder(folder: Path) -> None:
+    """Trust the .pt2 files under ``folder``: a conversion cache deploybench writes into."""
+    _TRUSTED_FOLDERS.add(Path(folder).resolve())
+
+
+def check_trusted(path: Path) -> None:
+    """Refuse, in one line that says how to opt in, a .pt2 that did not come from a conversion cache."""
+    from .cache import default_cache_dir
+
+    resolved = Path(path).resolve()
+    folders = {*_TRUSTED_FOLDERS, default_cache_dir().resolve()}
+    if os.environ.get(TRUST_ENV) == "1" or any(resolved.is_relative_to(folder) for folder in folders):
+        return
+    raise DeployBenchError(f"{path}: loading a .pt2 unpickles Python objects, which can run code, and this file "
+                           f"is not from deploybench's conversion cache; if you trust it, set {TRUST_ENV}=1")
 SPECS_ENTRY = "deploybench.json"
 # The torch format holds fp32 weights; fp16/bf16 cells run them under autocast in TorchEngine.
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -75,7 +98,7 @@ def read_artifact(path: Path) -> Artifact:
     """An ``Artifact`` for an existing ``.pt2`` file: specs from its deploybench entry, else from its graph."""
     path = Path(path)
     extra = {SPECS_ENTRY: ""}
-    program = _load_program(path, extra)
+    program = load_program(path, extra)
     saved = _saved_specs(extra[SPECS_ENTRY])
     if saved is not None:
         inputs, outputs, specs = saved
@@ -91,7 +114,7 @@ def read_artifact(path: Path) -> Artifact:
                     metadata=metadata)
 
 
-def _load_program(path: Path, extra: dict[str, str]):
+def load_program(path: Path, extra: dict[str, str] | None = None):
     """``torch.export.load``, refusing what is no torch.export archive with one line.
 
     torch logs the error of a damaged archive with its traceback and raises "check the warnings
@@ -99,6 +122,7 @@ def _load_program(path: Path, extra: dict[str, str]):
     """
     import torch
 
+    check_trusted(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -113,7 +137,7 @@ def _load_program(path: Path, extra: dict[str, str]):
     logger = logging.getLogger("torch.export")
     logger.addFilter(logged)
     try:
-        return torch.export.load(path, extra_files=extra)
+        return torch.export.load(path, extra_files=extra or {})
     except Exception as exc:
         cause = logged.errors[0] if logged.errors else exc
         raise DeployBenchError(f"{path} is not a torch.export .pt2 file torch {torch.__version__} can load: "

@@ -104,7 +104,7 @@ def _as_artifact(obj: Any, example_inputs: Any = None) -> Artifact:
         from ..converters import artifact_from_path
 
         return artifact_from_path(Path(obj))
-    from ..models import model_spec
+    from ..resolve import model_spec
 
     spec = model_spec(obj, example_inputs=example_inputs)
     if spec.factory is None:

@@ -41,11 +41,9 @@ class TorchEngine(InferenceEngine):
             if not path.is_file():
                 raise DeployBenchError(f"torch artifact {path} is not a file: pass module= (an nn.Module) "
                                        "or a .pt2 written by deploy_model(model, 'torch')")
-            try:
-                module = torch.export.load(path).module()
-            except Exception as exc:
-                raise DeployBenchError(f"torch cannot load {path}: {type(exc).__name__}: {exc}"
-                                       .splitlines()[0]) from exc
+            from ..converters.pytorch import load_program
+
+            module = load_program(path).module()
             self.runtime_notes["loaded"] = "torch.export ExportedProgram"
         else:
             if not isinstance(module, torch.nn.Module):

@@ -178,7 +178,7 @@ def _state(config) -> DeployBenchState:
 
 def _user_models(metafunc) -> list:
     """ModelSpecs from a ``deploybench_models`` fixture visible to this test (its conftest.py)."""
-    from deploybench.models import model_spec
+    from deploybench.resolve import model_spec
     from deploybench.spec import ModelSpec
 
     manager = metafunc.config.pluginmanager.get_plugin("funcmanage")
@@ -315,7 +315,7 @@ def model_spec(cell, deploybench_state):
     state = deploybench_state
 
     def make():
-        from deploybench.models import ModelSource
+        from deploybench.resolve import ModelSource
 
         model = state.models[cell.model]
         return model if not isinstance(model, str) else ModelSource(ref=model).resolve()

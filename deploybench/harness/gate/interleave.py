@@ -71,7 +71,7 @@ def _engine_for(result: Result, settings):
     convert and load stages (rebuilt from the model's ref when the artifact is not on disk)."""
     from deploybench.converters import artifact_from_path
     from deploybench.harness.pipeline import stages
-    from deploybench.models import ModelSource
+    from deploybench.resolve import ModelSource
 
     path, cell = result.artifact_path, result.cell
     if cell.format != "torch" and path and Path(path).exists():

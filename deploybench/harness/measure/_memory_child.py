@@ -75,7 +75,7 @@ def measure(request: dict) -> dict:
         artifact = None
     if backend == "torch" and (artifact is None or not artifact.path.exists()):
         from deploybench.converters import torch_artifact
-        from deploybench.models import ModelSource
+        from deploybench.resolve import ModelSource
 
         spec = ModelSource.from_dict(request["model_source"]).resolve()
         # built before the baseline: the weights are the model, not the load

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploybench.harness.measure.process import CHILD_PLUGIN_ENV, DEFAULT_TIMEOUT_S, child_env, exit_description, kill_group
-from deploybench.models import ModelSource
+from deploybench.resolve import ModelSource
 from deploybench.spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact, DeployBenchError
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deploybench.harness.pipeline.plan import ModelInfo, plan_cells, select_shard
-from deploybench.harness.pipeline.settings import RunSettings
+from deploybench.harness.pipeline.settings import DEFAULT_BACKENDS, DEFAULT_PRECISIONS, RunSettings
 from deploybench.harness.pipeline.stages import MEASURES
 from deploybench.harness.pipeline.worker import InProcessWorker, Worker, WorkerDied, make_worker
-from deploybench.harness.report.matrix import Matrix
 from deploybench.spec import Cell, DeployBenchError, ModelSpec, Result
 
 Runner = Worker | InProcessWorker
@@ -126,21 +126,28 @@ def run_cells(workers: dict[str, Runner], cells: Sequence[Cell], measures: Colle
     return results
 
 
-def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxruntime", "openvino"),
-                             precisions: Sequence[str] = ("fp32",), settings: RunSettings | None = None,
-                             progress: bool = True, shard: tuple[int, int] | None = None,
-                             formats: Sequence[str] | None = None, verbose: bool = False,
-                             resume: Matrix | None = None) -> Matrix:
-    """Run every compatible cell of ``models`` x ``backends`` x ``precisions`` and return the ``Matrix``.
+@dataclass
+class Run:
+    """What a run of a matrix produced: the results in plan order, the run's settings as recorded, and
+    ``incomplete``: why it stopped before every cell ran (empty when it finished)."""
+
+    results: list[Result]
+    settings: dict[str, Any]
+    incomplete: str = ""
+
+
+def run_matrix(models, backends: Sequence[str] = DEFAULT_BACKENDS, precisions: Sequence[str] = DEFAULT_PRECISIONS,
+               settings: RunSettings | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
+               formats: Sequence[str] | None = None, verbose: bool = False,
+               resume: Sequence[Result] = ()) -> Run:
+    """Run every compatible cell of ``models`` x ``backends`` x ``precisions``, each model in a worker.
 
     ``models``: zoo names, refs (``file.py:factory@1x3x64x64``, a model file) or ``ModelSpec`` objects
-    (``model_from_module``); each is resolved and run in a worker process of its own. ``shard=(index,
-    count)`` runs one shard of the cells, numbered from 1. Progress goes to stderr (tqdm).
-    ``resume``: a matrix from an earlier (interrupted) run of the same cells; its results are kept and
-    only the cells it lacks are run. Ctrl-C or ``RunInterrupted`` returns the matrix of the cells
-    finished so far, with ``incomplete`` saying why.
+    (``model_from_module``). ``shard=(index, count)`` runs one shard of the cells, numbered from 1.
+    ``resume``: results of an earlier (interrupted) run of the same cells, kept as they are: only the
+    cells they lack are run. Ctrl-C or ``RunInterrupted`` ends the run with the cells finished so far.
+    Progress goes to stderr (tqdm).
     """
-    from deploybench.harness.measure.machine import machine_info
     from deploybench.harness.pipeline.plan import check_backends, check_precisions
 
     settings = settings or RunSettings()
@@ -156,7 +163,7 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
                            include_unsupported=True)
         if shard is not None:
             cells = select_shard(cells, *shard)
-        done = {r.cell.id: r for r in resume.results} if resume is not None else {}
+        done = {r.cell.id: r for r in resume}
         results: list[Result] = []
         bar = Progress(total=len(cells) - sum(cell.id in done for cell in cells), enabled=progress)
         incomplete = ""
@@ -172,19 +179,16 @@ def run_deployment_benchmark(models, backends: Sequence[str] = ("torch", "onnxru
         close_workers(worker for _, worker in opened)
     measured = {r.cell.id: r for r in results}
     ordered = [done.get(cell.id) or measured.get(cell.id) for cell in cells]
-    return Matrix(results=[r for r in ordered if r is not None], incomplete=incomplete, machine=machine_info(),
-                  settings={
+    return Run(results=[r for r in ordered if r is not None], incomplete=incomplete, settings={
         **settings.to_dict(), "models": [info.ref or info.name for info, _ in opened], "backends": list(backends),
         "precisions": list(precisions), "shard": list(shard) if shard else None,
         "worker_starts": {info.name: worker.starts for info, worker in opened}})
 
 
-
-
 def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
                  measures: Collection[str] = MEASURES) -> Result:
     """Measure one cell of ``model`` (a ref or a ModelSpec) in a worker of its own (or in this process
-    with ``settings.in_process``): the same pipeline ``run_deployment_benchmark`` runs."""
+    with ``settings.in_process``): the same pipeline ``run_matrix`` runs."""
     with make_worker(model, settings or RunSettings()) as worker:
         try:
             worker.open()
@@ -193,4 +197,4 @@ def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
         return worker.run_cell(cell, measures)
 
 
-__all__ = ["Progress", "RunInterrupted", "close_workers", "stop_on_sigterm", "open_workers", "run_cells", "run_deployment_benchmark", "run_one_cell"]
+__all__ = ["Progress", "Run", "RunInterrupted", "close_workers", "stop_on_sigterm", "open_workers", "run_cells", "run_matrix", "run_one_cell"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from deploybench.harness.pipeline.settings import RunSettings
-from deploybench.models import ModelSource
+from deploybench.resolve import ModelSource
 from deploybench.spec import (STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
                               PrecisionNotSupported, Result, ToleranceCheck)
 

@@ -35,7 +35,7 @@ from deploybench.harness.pipeline.frames import HEADER, FrameReader, error_frame
 from deploybench.harness.pipeline.plan import ModelInfo
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.harness.pipeline.stages import MEASURES, ModelSession, run_cell
-from deploybench.models import ModelSource
+from deploybench.resolve import ModelSource
 from deploybench.spec import (STATUS_FAILED, STATUS_TIMEOUT, Cell, DeployBenchError, Result)
 
 ISOLATED = "worker"
@@ -254,7 +254,7 @@ class InProcessWorker:
 
     def open(self) -> ModelInfo:
         if self._session is None:
-            from deploybench.models import model_spec
+            from deploybench.resolve import model_spec
 
             if not self.verbose:
                 quiet_converters()

@@ -1,0 +1,188 @@
+"""How a model a user names becomes a ``ModelSpec``: a zoo name, ``path/to/file.py:factory`` (input shapes
+from ``--input-shape 1x3x64x64``, or a factory returning a ``ModelSpec``), an exported file (``.onnx``,
+``.tflite``, OpenVINO ``.xml``: its inputs come from the file), or an ``nn.Module`` plus example inputs;
+and ``ModelSource``, how another process gets the same model.
+
+It sits above ``models`` (the zoo) and ``converters`` (which read model files), so neither imports the
+other back. Calling a user's factory runs their code: the harness does that in a worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .converters import spec_from_file as model_from_artifact
+from .models import ARTIFACT_SUFFIXES, MODELS, model_from_module
+from .spec import DeployBenchError, ModelSpec
+
+
+def get_model(ref: str, input_shapes: Sequence[Sequence[int]] | None = None) -> ModelSpec:
+    """Resolve a zoo name, a ``file.py:factory`` or an artifact path to a ``ModelSpec``."""
+    ref = str(ref)
+    if ref in MODELS:
+        if input_shapes:
+            raise DeployBenchError(f"--input-shape is for a user's model file; zoo model {ref!r} has fixed inputs")
+        spec = MODELS.get(ref)()
+        spec.ref = ref
+        return spec
+    path_text, _, factory_name = ref.rpartition(":") if ".py:" in ref else (ref, "", "")
+    if factory_name:
+        return _from_python_file(Path(path_text), factory_name, input_shapes, ref)
+    path = Path(ref)
+    if path.suffix.lower() in ARTIFACT_SUFFIXES or path.exists():
+        return model_from_artifact(path)
+    raise DeployBenchError(f"unknown model {ref!r}; choose a zoo model ({', '.join(MODELS.names())}), "
+                           "a file.py:factory, or an exported .onnx/.tflite/.xml file")
+
+
+def model_spec(obj: Any, example_inputs: Any = None, name: str | None = None) -> ModelSpec:
+    """Anything a user may hand the API, as a ``ModelSpec``: a spec, a name/path, or an nn.Module."""
+    if isinstance(obj, ModelSpec):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return get_model(str(obj))
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise DeployBenchError("PyTorch is needed for an nn.Module source") from exc
+    if isinstance(obj, torch.nn.Module):
+        if example_inputs is None:
+            raise DeployBenchError(f"{type(obj).__name__}: pass example_inputs (a tensor, a tuple of tensors or "
+                                   "a mapping name -> tensor) with an nn.Module")
+        return model_from_module(obj, example_inputs, name=name)
+    raise DeployBenchError(f"cannot use {type(obj).__name__} as a model; pass an nn.Module, a ModelSpec, "
+                           "a zoo name or a model file")
+
+
+def _from_python_file(path: Path, factory_name: str, input_shapes, ref: str) -> ModelSpec:
+    if not path.exists():
+        raise DeployBenchError(f"model file {path} does not exist")
+    module_name = "deploybench_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise DeployBenchError(f"{path} is not a Python file deploybench can import")
+    user_module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = user_module
+    try:
+        loader_spec.loader.exec_module(user_module)
+    except Exception as exc:
+        raise DeployBenchError(f"importing {path} failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    factory = getattr(user_module, factory_name, None)
+    if not callable(factory):
+        raise DeployBenchError(f"{path} has no callable {factory_name!r}")
+    try:
+        built = factory()
+    except DeployBenchError:
+        raise
+    except Exception as exc:
+        raise DeployBenchError(f"{ref}: calling {factory_name}() failed: {type(exc).__name__}: {exc}"
+                               .splitlines()[0]) from exc
+    if isinstance(built, ModelSpec):
+        built.ref = ref
+        return built
+    if not input_shapes:
+        raise DeployBenchError(f"{ref}: give the input shape(s) with --input-shape (e.g. 1x3x64x64)")
+    import torch
+
+    examples = [torch.randn(*shape) for shape in input_shapes]
+    try:
+        spec = model_from_module(built, examples if len(examples) > 1 else examples[0], name=path.stem)
+    except Exception as exc:
+        raise DeployBenchError(f"{ref} does not accept input shape(s) "
+                               f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: "
+                               f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    spec.ref = ref + "@" + ",".join("x".join(map(str, s)) for s in input_shapes)
+    spec.factory = factory
+    spec._module = built.eval()
+    return spec
+
+
+def is_rebuildable_ref(ref: str | None) -> bool:
+    """True when a fresh process can rebuild the model from ``ref``: a zoo name, a ``file.py:factory``, a file."""
+    if not ref:
+        return False
+    base = ref.partition("@")[0] if ".py:" in ref else ref
+    return base in MODELS.names() or ".py:" in base or Path(base).suffix.lower() in ARTIFACT_SUFFIXES
+
+
+class ModelSource:
+    """How another process (a worker, the memory child) gets the same model: a ref it resolves (zoo
+    name, ``file.py:factory@shape``, a model file) or, for a model built in this process, the
+    ``ModelSpec`` itself serialized with cloudpickle (classes of ``__main__`` and lambdas travel by
+    value; classes of importable modules by name, so the other process needs the same ``sys.path``).
+    """
+
+    def __init__(self, ref: str | None = None, payload: bytes | None = None, label: str = ""):
+        if (ref is None) == (payload is None):
+            raise DeployBenchError("a ModelSource is a ref or a payload, exactly one of them")
+        self.ref, self.payload, self.label = ref, payload, label or ref or "model"
+
+    @classmethod
+    def of(cls, model: Any) -> ModelSource:
+        """A source for a ref (str or path) or a ``ModelSpec``; raises ``DeployBenchError`` naming the model
+        when a spec cannot be serialized (a local object cloudpickle cannot reach)."""
+        if isinstance(model, (str, Path)):
+            return cls(ref=str(model))
+        spec = model_spec(model)
+        import cloudpickle
+
+        try:
+            return cls(payload=cloudpickle.dumps(spec), label=spec.name)
+        except Exception as exc:
+            raise DeployBenchError(f"model {spec.name!r} cannot be sent to another process "
+                                   f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+    def resolve(self) -> ModelSpec:
+        """The ``ModelSpec``, built in this process (user code runs here: call it in a worker)."""
+        if self.ref is not None:
+            return resolve_ref(self.ref)
+        import pickle
+
+        spec = pickle.loads(self.payload)
+        if not isinstance(spec, ModelSpec):
+            raise DeployBenchError(f"model source {self.label!r} holds a {type(spec).__name__}, not a ModelSpec")
+        return spec
+
+    def to_dict(self, payload_path: Path | None = None) -> dict[str, Any]:
+        """JSON for a child process: the ref, or the path of a file holding the payload (written here)."""
+        if self.ref is not None:
+            return {"ref": self.ref, "label": self.label}
+        if payload_path is None:
+            raise DeployBenchError("a payload model source needs a file to travel in JSON")
+        Path(payload_path).write_bytes(self.payload)
+        return {"payload_path": str(payload_path), "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
+        if data.get("ref"):
+            return cls(ref=str(data["ref"]), label=str(data.get("label", "")))
+        return cls(payload=Path(data["payload_path"]).read_bytes(), label=str(data.get("label", "")))
+
+
+def resolve_ref(ref: str) -> ModelSpec:
+    """Inverse of ``ModelSpec.ref``: rebuild the same model in a fresh process."""
+    base, _, shapes = ref.partition("@") if ".py:" in ref else (ref, "", "")
+    from .spec import parse_shape
+
+    return get_model(base, [parse_shape(s) for s in shapes.split(",")] if shapes else None)
+
+
+def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, example_inputs: Any = None,
+                 precision: str = "fp32", cache: bool = True, **options: Any):
+    """Export ``model`` (an ``nn.Module`` with ``example_inputs``, a ``ModelSpec``, a zoo name, a
+    ``file.py:factory`` or a model file) to ``target`` format and return the ``Artifact``: the model
+    resolved here, then ``converters.deploy_model`` (cached by a content hash of weights, graph,
+    options and tool versions under ``output_dir``, default ``$DEPLOYBENCH_CACHE`` or ``.deploybench-cache``)."""
+    from .converters import deploy_model as convert
+
+    return convert(model_spec(model, example_inputs=example_inputs), target, output_dir=output_dir,
+                   precision=precision, cache=cache, **options)
+
+
+__all__ = ["ModelSource", "deploy_model", "get_model", "is_rebuildable_ref", "model_from_artifact", "model_spec",
+           "resolve_ref"]
