@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deploybench.harness.pipeline.matrix import select_shard
+from deploybench.harness.pipeline.plan import select_shard
 from deploybench.harness.report.table import terminal_table
 from deploybench.harness.results import merge
 from deploybench.harness.results.io import load_results_file

@@ -56,7 +56,7 @@ def test_readme_user_project_measures_its_cells_and_gates_a_slower_model(tmp_pat
     first = run_pytest(tmp_path, conversion_cache, "--backends", "onnxruntime", "--deploybench-json", "base.json")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     assert "3 passed" in first.stdout  # speed, memory and precision of my_net-onnx-onnxruntime-fp32
-    from deploybench.harness.pipeline.matrix import Matrix
+    from deploybench.harness.report.matrix import Matrix
 
     (cell,) = Matrix.load(tmp_path / "base.json").results
     assert cell.cell.id == "my_net-onnx-onnxruntime-fp32" and cell.ok

@@ -109,24 +109,22 @@ def parse_tolerances(entries) -> dict[str, dict[str, float]]:
     return tolerances
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def _positive(convert, noun: str, at_least_one: bool):
+    """An argparse type: ``convert(text)``, refused with a message when not a number or not positive."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+        if value < 1 if at_least_one else not value > 0:  # `not >` also refuses nan
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'at least 1' if at_least_one else 'positive'}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+positive_int = _positive(int, "whole number", at_least_one=True)
+positive_float = _positive(float, "number", at_least_one=False)
 
 
 @dataclass(frozen=True)
