@@ -368,3 +368,37 @@ def test_the_gates_interleaved_rerun_runs_in_a_worker_not_in_the_gates_process(m
     mode, verdict, _ = mode_line.split()
     assert mode == "interleaved" and verdict in ("unchanged", "inconclusive")  # the same artifact on both sides
     assert modules_line == "[]"  # no model library was loaded by the gate's own process
+
+
+def test_a_backend_that_crashes_in_the_timed_run_fails_its_cell_only(model_file, tmp_path, monkeypatch):
+    """A native backend library dying under inference (not the model's code): the worker's crash is the cell's."""
+    plugin = tmp_path / "crashing_backend.py"
+    plugin.write_text(textwrap.dedent('''
+        import os, signal
+        from deploybench.engines import ENGINES
+        from deploybench.engines.onnxruntime import OnnxRuntimeEngine
+
+        class CrashingRuntime(OnnxRuntimeEngine):
+            backend = "crashing-runtime"
+            calls = 0
+
+            def _infer_impl(self, feed):
+                type(self).calls += 1
+                if type(self).calls > 3:  # loads and answers a few calls, then dies in the timed loop
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                return super()._infer_impl(feed)
+
+        ENGINES.register("crashing-runtime", CrashingRuntime)
+    '''))
+    monkeypatch.setenv(CHILD_PLUGIN_ENV, str(plugin))
+    from deploybench.engines import ENGINES
+
+    exec(compile(plugin.read_text(), str(plugin), "exec"), {})
+    try:
+        matrix = run_deployment_benchmark([_ref(model_file, "healthy")], backends=["crashing-runtime", "onnxruntime"],
+                                          settings=QUICK, progress=False)
+    finally:
+        ENGINES._targets.pop("crashing-runtime")
+    crashed, healthy = matrix.results
+    assert (crashed.status, crashed.stage, crashed.reason) == ("failed", "time", "time: worker killed by SIGSEGV")
+    assert healthy.ok, healthy.reason
