@@ -105,7 +105,7 @@ class DeployBenchState:
         self.workers: dict[str, Any] = {}  # model name -> Worker (started when a cell is measured)
         self.measures: dict[str, set[str]] = {}  # cell id -> what its selected tests need
         self.results: dict[str, Any] = {}  # cell id -> Result
-        self.in_process: dict[str, Any] = {}  # cell id -> Artifact / engine for tests that ask for them
+        self.in_process: dict[tuple[str, str], Any] = {}  # (cell id, "model" | "artifact" | "engine") -> object
         self.verdicts: list = []
         self.gate_error: str | None = None
         self._planned: list | None = None
