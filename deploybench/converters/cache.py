@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +84,7 @@ def model_fingerprint(spec: ModelSpec) -> str:
     else:
         module = spec.build()
         digest.update(repr(module).encode())  # the graph's structure and hyper-parameters
+        digest.update(module_code_fingerprint(module).encode())
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
             digest.update(str(tuple(tensor.shape)).encode())
@@ -91,6 +94,51 @@ def model_fingerprint(spec: ModelSpec) -> str:
     digest.update(json.dumps([t.to_dict() for t in spec.inputs], sort_keys=True).encode())
     digest.update(json.dumps(list(spec.output_names)).encode())
     return digest.hexdigest()
+
+
+def module_code_fingerprint(module: Any) -> str:
+    """What ``repr`` and the weights do not show: the code of every non-torch module class and the
+    plain attributes its instances hold. A ``forward`` edited between two commits, or a flag set in
+    ``__init__``, changes the export; without this the cache would hand back the old artifact and a
+    regression gate would compare a change with itself."""
+    digest = hashlib.sha256()
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        digest.update(f"{name}:{cls.__qualname__}".encode())  # not the module: a user file's is named by its path
+        if not cls.__module__.startswith("torch."):  # torch's own classes are covered by its version
+            digest.update(_class_code(cls))
+        plain = {k: repr(v) for k, v in vars(sub).items()
+                 if not k.startswith("_") and isinstance(v, (bool, int, float, str, bytes, tuple, list, type(None)))}
+        digest.update(json.dumps(plain, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _class_code(cls: type) -> bytes:
+    """The source file of a class defined in a file (helpers beside it change the export too), else
+    the bytecode and constants of its methods (a class defined in a notebook or sent by cloudpickle)."""
+    try:
+        source = inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        source = None
+    if source and Path(source).is_file():
+        return Path(source).read_bytes()
+    module = sys.modules.get(cls.__module__)
+    if module is not None and getattr(module, "__file__", None) and Path(module.__file__).is_file():
+        return Path(module.__file__).read_bytes()
+    parts = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("torch.", "builtins")):
+            continue
+        for attr, value in sorted(vars(klass).items()):
+            code = getattr(getattr(value, "__func__", value), "__code__", None)
+            if code is not None:
+                parts.append(attr.encode() + _code_bytes(code))
+    return b"".join(parts)
+
+
+def _code_bytes(code: Any) -> bytes:
+    consts = b"".join(_code_bytes(c) if hasattr(c, "co_code") else repr(c).encode() for c in code.co_consts)
+    return code.co_code + consts + repr(code.co_names).encode()
 
 
 def conversion_key(spec: ModelSpec, fmt: str, precision: str, options: dict[str, Any]) -> str:
