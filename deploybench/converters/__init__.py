@@ -13,7 +13,7 @@ from typing import Any
 
 from .._registry import Registry
 from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
-from .cache import ConversionCache, default_cache_dir
+from .cache import ConversionCache, default_cache_dir, model_fingerprint
 
 CONVERTERS = Registry("format", "deploybench.converters", {
     "torch": "deploybench.converters.pytorch:convert",
@@ -45,10 +45,25 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
     if spec.factory is None and spec.source_format == target and precision == "fp32":
         return artifact_from_path(spec.source_path)
     store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
+    options = {**cpu_defaults(target, precision), **options}
     from .pytorch import trust_folder
 
     trust_folder(store.root)
     return store.get_or_convert(spec, target, precision, options, convert, use_cache=cache)
+
+
+def cpu_defaults(target: str, precision: str, flags: frozenset[str] | None = None) -> dict[str, Any]:
+    """Options whose right value depends on the CPU the artifact will run on (this one, or ``flags``).
+
+    ONNX Runtime int8 on an x86 CPU without VNNI: 7-bit weights (``reduce_range``), since 8-bit ones
+    saturate its u8 x s8 kernels (digits_cnn lost 1.1 points of top-1 on an AVX2-only AMD EPYC; 7-bit
+    weights kept all of it). They are resolved before the cache key is made, so they become part of it.
+    """
+    from ..cpu import int8_saturates
+
+    if target == "onnx" and precision == "int8":
+        return {"reduce_range": int8_saturates(flags)}
+    return {}
 
 
 def _as_spec(model: Any, example_inputs: Any) -> ModelSpec:
@@ -80,7 +95,9 @@ def torch_artifact(spec: ModelSpec, precision: str = "fp32") -> Artifact:
     """The in-memory 'artifact' of a PyTorch source: no file; the model's nn.Module (built here) and specs."""
     return Artifact(format="torch", path=Path(f"<{spec.name}>"), precision=precision, inputs=spec.inputs,
                     outputs=tuple(TensorSpec(n, ()) for n in spec.output_names), files=(),
-                    metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config},
+                    metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config,
+                              # what a byte digest is to a file: two equal fingerprints run the same model
+                              "fingerprint": model_fingerprint(spec)},
                     module=spec.build())
 
 
@@ -116,4 +133,4 @@ def artifact_from_path(path: Path) -> Artifact:
     return reader(path)
 
 
-__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "spec_from_file", "artifact_from_path", "deploy_model", "torch_artifact"]
+__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "cpu_defaults", "spec_from_file", "artifact_from_path", "deploy_model", "torch_artifact"]

@@ -219,7 +219,9 @@ def _sort_nodes(graph) -> None:
 # ---- int8 --------------------------------------------------------------------------------------
 def _to_int8(spec: ModelSpec, source: Artifact, target: Path, calibration_size: int = DEFAULT_SAMPLES,
              calibration_method: str = "MinMax", activation_type: str = "QUInt8", per_channel: bool = True,
-             seed: int = 0, **_: Any) -> Artifact:
+             seed: int = 0, reduce_range: bool = False, **_: Any) -> Artifact:
+    # reduce_range: 7-bit weights, for a CPU whose int8 kernels saturate (see deploybench.cpu); deploy_model
+    # picks it for this CPU before the cache key is made, so an artifact is never reused across the two.
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -260,12 +262,12 @@ def _to_int8(spec: ModelSpec, source: Artifact, target: Path, calibration_size: 
     reader = SamplesReader(calibration.samples)
     quantize_static(str(preprocessed), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, calibration_method))
+                    calibrate_method=getattr(CalibrationMethod, calibration_method), reduce_range=reduce_range)
     preprocessed.unlink(missing_ok=True)
     for leftover in target.parent.glob("*augmented*"):
         leftover.unlink()
     metadata = {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": activation_type,
-                "weight_type": "QInt8", "calibration_method": calibration_method, **calibration.describe()}
+                "weight_type": "QInt8", "reduce_range": reduce_range, "calibration_method": calibration_method, **calibration.describe()}
     metadata.update(_check(target))
     _stamp_precision(target, "int8")
     return _artifact(target, "int8", metadata)

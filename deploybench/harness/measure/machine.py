@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from deploybench.cpu import cpu_model_and_flags
+
 # Distributions whose versions change what a cell measures.
 LIBRARIES = ("deploybench", "torch", "onnx", "onnxruntime", "openvino", "nncf", "coremltools", "litert-torch",
              "ai-edge-litert", "tensorrt", "numpy")
@@ -27,22 +29,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or platform.machine(), flags
 
 
 def _physical_cores() -> int | None:
@@ -79,7 +65,7 @@ def machine_id() -> str:
 
 @lru_cache(maxsize=1)
 def _static_info() -> dict[str, Any]:
-    cpu, flags = _cpuinfo()
+    cpu, flags = cpu_model_and_flags()
     return {
         "machine_id": machine_id(),
         "host_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:12],

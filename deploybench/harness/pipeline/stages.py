@@ -28,7 +28,7 @@ TIME, MEMORY, ACCURACY = "time", "memory", "accuracy"
 MEASURES = (TIME, MEMORY, ACCURACY)
 
 # Notes a converter leaves in its artifact's metadata that a person reading a result wants to see.
-_ARTIFACT_NOTES = ("fixed_axes", "fixed_dims", "dynamic_axes", "fp32_ops", "ops_in_fp32", "calibration",
+_ARTIFACT_NOTES = ("fingerprint", "fixed_axes", "fixed_dims", "dynamic_axes", "fp32_ops", "ops_in_fp32", "calibration",
                    "calibration_source", "reference", "opset", "nms", "compress_to_fp16", "inference_precision",
                    "quantization")
 
@@ -144,6 +144,7 @@ def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: 
     result.latency_ms, result.samples_ms = timing.stats, timing.samples_ms
     result.throughput_ips, result.unstable = timing.throughput_ips, timing.unstable
     result.stopped_by, result.warmup_count = timing.stopped_by, timing.warmup_count
+    result.extra.update(timing.extra)  # the median's interval and achieved precision, and the time cap
     if spec.task == "detection":
         from deploybench.harness.measure.detection import end_to_end_latency
 
