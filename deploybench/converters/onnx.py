@@ -87,7 +87,7 @@ def export_torch(spec: ModelSpec, target: Path, opset: int | None = None) -> Art
                                    f"{type(exc2).__name__}: {exc2})".splitlines()[0]) from exc2
     _inline_external_data(target)
     metadata.update(_check(target))
-    _stamp_precision(target, "fp32")
+    _stamp_precision(target, "fp32", drop_trace=True)
     return _artifact(target, "fp32", metadata)
 
 
@@ -369,16 +369,45 @@ def _opset(model) -> int | None:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _stamp_precision(path: Path, precision: str) -> None:
-    """Record the artifact's precision inside the file, so a reader does not have to guess it."""
+def _stamp_precision(path: Path, precision: str, drop_trace: bool = False) -> None:
+    """Record the artifact's precision inside the file, so a reader does not have to guess it; with
+    ``drop_trace``, drop the exporter's trace of where each node came from (``_drop_trace``)."""
     import onnx
 
     model = onnx.load(str(path))
+    if drop_trace:
+        _drop_trace(model)
     kept = [p for p in model.metadata_props if p.key != PRECISION_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=PRECISION_KEY, value=precision)
     onnx.save(model, str(path))
+
+
+def _is_trace_key(key: str) -> bool:
+    return key == "namespace" or key.startswith("pkg.torch.onnx.")
+
+
+def _drop_trace(model) -> None:
+    """Drop the node metadata the dynamo exporter writes: the exporting process's module names and
+    source paths and lines. With it, the same network exported from another folder or from a file
+    with one more comment has other bytes (the gate could not see that nothing changed), and a
+    deployed file carries the paths of the machine that built it."""
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    yield from nodes(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from nodes(subgraph)
+
+    every = [*nodes(model.graph), *(node for function in model.functions for node in function.node)]
+    for node in every:
+        kept = [p for p in node.metadata_props if not _is_trace_key(p.key)]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_OPSET", "FP16_SENSITIVE_OPS", "convert", "export_torch",
