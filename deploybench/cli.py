@@ -22,6 +22,11 @@ EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LAZY_COMMANDS = {
     "gate": ("deploybench.harness.gate.command", "add_gate_arguments", "gate_command",
              "fail (exit 1) when a run regressed against a baseline in speed, memory or accuracy"),
+    "compare": ("deploybench.harness.gate.compare", "add_compare_arguments", "compare_command",
+                "build both sides of a change here (two git refs, model files or results files) and gate "
+                "it with both measured interleaved; exit 1 on a regression"),
+    "verdicts": ("deploybench.harness.gate.compare", "add_verdicts_arguments", "verdicts_command",
+                 "join the verdicts of several `compare --json` files (CI jobs) into one table and exit status"),
     "history": ("deploybench.harness.results.history", "add_history_arguments", "history_command",
                 "show the stored runs of this machine and the trend of each cell"),
     "report": ("deploybench.harness.report.command", "add_report_arguments", "report_command",

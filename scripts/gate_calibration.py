@@ -124,7 +124,7 @@ def calibrate_units(model: Path, slowdown: float, log) -> int:
         samples.append(time.perf_counter() - start)
     units = max(1, round(slowdown * float(np.median(samples)) / _work_unit_s()))
     for _ in range(4):  # the matmuls cost more between inferences than in a tight loop: measure and rescale
-        measured = float(np.median(interleave(base, make_runner(model, slowdown, units), blocks=40))) - 1
+        measured = float(np.median(interleave(base, make_runner(model, slowdown, units), blocks=40).ratios)) - 1
         factor = min(2.0, max(0.5, slowdown / measured)) if measured > 0 else 2.0
         units = max(1, round(units * factor))
         log(f"calibrating {slowdown:.0%}: measured +{measured:.1%}, {units} units")
@@ -161,7 +161,7 @@ def pytest_benchmark_fails(baseline: list[float], current: list[float], threshol
 
 
 def interleaved_trials(model: Path, trials: int, log) -> dict[str, dict[str, int]]:
-    from deploybench.harness.gate.interleave import interleave_until_decided
+    from deploybench.harness.gate.interleave import interleave_sequential
     from deploybench.harness.gate.statistics import compare_interleaved
 
     counts: dict[str, dict[str, int]] = {}
@@ -171,7 +171,7 @@ def interleaved_trials(model: Path, trials: int, log) -> dict[str, dict[str, int
         ratios, pairs = [], []
         for i in range(n):
             base, cur = make_runner(model, 0.0), make_runner(model, slowdown)
-            block_ratios = interleave_until_decided(base, cur)
+            block_ratios = interleave_sequential(base, cur).ratios
             verdict, ratio, low, high = compare_interleaved(block_ratios)
             tally[verdict] = tally.get(verdict, 0) + 1
             ratios.append(ratio)

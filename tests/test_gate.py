@@ -119,6 +119,26 @@ def test_threshold_parsing():
         parse_fraction("five")
 
 
+def test_a_bare_threshold_of_one_or_more_is_refused_not_read_as_hundreds_of_percent(tmp_path, capsys):
+    """`--threshold 5` once meant 500 % and let a 1.6x slower cell through as unchanged."""
+    with pytest.raises(Exception, match="write 5% for a percentage"):
+        parse_fraction("5")
+    base = _run_file(tmp_path / "base.json", _samples(2.0, seed=6))
+    assert main([str(base), str(base), "--threshold", "5"]) == 2
+    assert "ambiguous" in capsys.readouterr().err
+
+
+def test_a_gate_that_compared_nothing_fails_and_names_what_each_side_had(tmp_path, capsys):
+    """Renaming a model once turned CI green: no cell in both runs printed an empty table and exited 0."""
+    base = _run_file(tmp_path / "base.json", _samples(2.0, seed=6))
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(base.read_text().replace('"model": "net"', '"model": "net_v2"'))
+    assert "net_v2" in renamed.read_text()
+    assert main([str(base), str(renamed)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was compared" in err and "net-onnx-onnxruntime-fp32" in err and "net_v2-onnx" in err
+
+
 MODEL_FILE = '''
 import torch
 from torch import nn
@@ -137,7 +157,7 @@ def make():
 
 
 @pytest.mark.slow
-def test_real_runs_of_a_model_made_slower_are_a_regression(tmp_path):
+def test_real_runs_of_a_model_made_slower_are_a_regression(tmp_path, capsys):
     def run(layers: int, name: str) -> Path:
         model = tmp_path / name / "net.py"
         model.parent.mkdir()
@@ -149,12 +169,15 @@ def test_real_runs_of_a_model_made_slower_are_a_regression(tmp_path):
         return out
 
     base, same, slower = run(4, "base"), run(4, "same"), run(12, "slower")
-    args = [str(base), str(same)]
-    assert main(args) == 0
-    assert main([str(base), str(slower)]) == 1
+    assert main([str(base), str(same)]) == 0  # one cached export: byte-identical, nothing timed
+    assert "same artifact" in capsys.readouterr().out
+    assert main([str(base), str(slower)]) == 1  # both artifacts are here: interleaved by default
+    assert "interleaved" in capsys.readouterr().out
 
     class Args:  # the CLI's namespace, as `deploybench gate` builds it
         baseline, current, threshold, memory_threshold = str(base), str(slower), "5%", "10%"
-        accuracy_threshold, markdown, history, interleave = None, None, None, False
+        accuracy_threshold, markdown, history, interleave = None, None, None, "never"
 
-    assert gate_command(Args) == 1
+    # two separate runs cannot tell a change from drift: shown, not judged, and said so
+    assert gate_command(Args) == 0
+    assert "latency is not judged" in capsys.readouterr().out

@@ -9,23 +9,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploybench.harness.gate.interleave import interleave_results
-from deploybench.harness.gate.statistics import DEFAULT_DRIFT_ALLOWANCE, REGRESSION
+from deploybench.harness.gate.pairs import (check_overlap, interleave_pairs, pairs_to_interleave, print_verdicts,
+                                           same_artifact_ids, shared_pairs)
+from deploybench.harness.gate.statistics import DEFAULT_DRIFT_ALLOWANCE
 from deploybench.harness.gate.verdict import (DEFAULT_ACCURACY_THRESHOLDS, GateSettings, Verdict, gate_results,
-                                              history_medians, load_run, machine_of, markdown_verdicts, verdict_table)
+                                              history_medians, load_run, machine_of, markdown_verdicts)
 from deploybench.harness.results.io import write_text_atomic
 from deploybench.spec import DeployBenchError
 
 
 def parse_fraction(text: str | float) -> float:
-    """'5%' -> 0.05, '0.05' -> 0.05; a one-line error otherwise."""
+    """'5%' -> 0.05, '0.05' -> 0.05; a one-line error otherwise. A bare number of 1 or more ('5') is
+    refused: read as a fraction it would mean 500 % and silently pass a 1.6x slower cell."""
     if isinstance(text, (int, float)):
         return float(text)
     raw = str(text).strip()
     try:
-        return float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         raise DeployBenchError(f"threshold {text!r} is not a number; write 5% or 0.05") from None
+    if not raw.endswith("%") and value >= 1:
+        raise DeployBenchError(f"threshold {raw} is ambiguous: write {raw}% for a percentage, or a fraction "
+                               "below 1 such as 0.05")
+    return value
 
 
 def parse_accuracy_thresholds(text: str | None) -> dict[str, float]:
@@ -41,19 +47,31 @@ def parse_accuracy_thresholds(text: str | None) -> dict[str, float]:
     return thresholds
 
 
-def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("baseline", help="pytest-benchmark JSON, `deploybench run` JSON, or a storage id like 0001")
-    parser.add_argument("current", help="the run to judge, in the same forms")
-    parser.add_argument("--threshold", default="5%", help="latency slowdown that counts (default 5%%)")
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", default="5%",
+                        help="latency slowdown that counts: 5%% or 0.05 (default 5%%; a bare 5 is refused)")
     parser.add_argument("--memory-threshold", default="10%", help="peak RSS growth that counts (default 10%%)")
     parser.add_argument("--accuracy-threshold", default=None,
                         help="allowed accuracy drop: one value, or per precision 'int8=0.02,fp16=0.005'")
+
+
+def gate_settings_from_args(args: argparse.Namespace) -> GateSettings:
+    return GateSettings(threshold=parse_fraction(args.threshold),
+                        memory_threshold=parse_fraction(args.memory_threshold),
+                        accuracy_thresholds=parse_accuracy_thresholds(args.accuracy_threshold),
+                        drift_allowance=parse_fraction(getattr(args, "drift_allowance", "20%")))
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", help="pytest-benchmark JSON, `deploybench run` JSON, or a storage id like 0001")
+    parser.add_argument("current", help="the run to judge, in the same forms")
+    add_threshold_arguments(parser)
     parser.add_argument("--drift-allowance", default=f"{DEFAULT_DRIFT_ALLOWANCE:.0%}",
                         help="run-to-run drift assumed between two runs without history (default 20%%)")
-    parser.add_argument("--interleave", action="store_true",
-                        help="re-run both artifacts interleaved in this process to cancel drift")
-    parser.add_argument("--blocks", type=int, default=30,
-                        help="block pairs for --interleave (default 30; up to 3x while inconclusive)")
+    parser.add_argument("--interleave", choices=("auto", "always", "never"), default="auto", nargs="?",
+                        const="always",
+                        help="re-run both artifacts interleaved in one process to cancel drift: `auto` (the "
+                             "default) whenever both runs' artifacts are on this machine")
     parser.add_argument("--threads", type=int, default=None, help="threads per engine for --interleave")
     parser.add_argument("--history", default=None, metavar="STORAGE",
                         help="pytest-benchmark storage whose stored runs measure the drift (e.g. .benchmarks)")
@@ -62,58 +80,38 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_gate(baseline_ref: str, current_ref: str, settings: GateSettings, storage: str | Path = ".benchmarks",
-             history_storage: str | Path | None = None, interleaved: bool = False, blocks: int = 30,
+             history_storage: str | Path | None = None, interleaved: str | bool = "auto",
              threads: int | None = None, log: Callable[[str], Any] = print) -> list[Verdict]:
-    """Load two runs and gate them (the modes: see ``deploybench.harness.gate``); returns the verdicts."""
+    """Load two runs and gate them (the modes: see ``deploybench.harness.gate``); returns the verdicts.
+    Raises ``NothingCompared`` when no cell is in both runs."""
     baseline, base_path = load_run(baseline_ref, storage)
     current, cur_path = load_run(current_ref, storage)
+    check_overlap(baseline, current, str(base_path), str(cur_path))
     history = (history_medians(history_storage, exclude=[cur_path], machine=machine_of(cur_path, history_storage))
                if history_storage else None)
-    ratios = None
-    if interleaved:
-        from deploybench.harness.pipeline.settings import RunSettings
-        from deploybench.harness.pipeline.worker import Worker
-
-        ratios = {}
-        base_by_id = {r.cell.id: r for r in baseline if r.ok}
-        worker = Worker(None, RunSettings(threads=threads))  # one process re-runs every pair, not this one
-        try:
-            for cur in current:
-                base = base_by_id.get(cur.cell.id)
-                if base is None or not cur.ok:
-                    continue
-                try:
-                    ratios[cur.cell.id] = interleave_results(base, cur, threads=threads, blocks=blocks,
-                                                             threshold=settings.threshold, worker=worker)
-                except DeployBenchError as exc:
-                    log(f"deploybench gate: {cur.cell.id}: cannot interleave ({exc}); judged without it")
-        finally:
-            worker.close()
-    return gate_results(baseline, current, settings, history=history, block_ratios=ratios)
+    mode = {True: "always", False: "never"}.get(interleaved, interleaved)
+    same = same_artifact_ids(shared_pairs(baseline, current))
+    found = None
+    if mode != "never":
+        pairs = [p for p in pairs_to_interleave(baseline, current, require_files=mode == "auto")
+                 if p[1].cell.id not in same]
+        found = interleave_pairs(pairs, settings, threads, log=lambda text: log(f"deploybench gate: {text}"))
+    return gate_results(baseline, current, settings, history=history, interleaved=found, same_artifact=same)
 
 
 def gate_command(args: argparse.Namespace) -> int:
     """`deploybench gate`: 0 when nothing regressed, 1 on a regression, 2 on bad input."""
     try:
-        settings = GateSettings(threshold=parse_fraction(args.threshold),
-                                memory_threshold=parse_fraction(args.memory_threshold),
-                                accuracy_thresholds=parse_accuracy_thresholds(args.accuracy_threshold),
-                                drift_allowance=parse_fraction(getattr(args, "drift_allowance", "20%")))
+        settings = gate_settings_from_args(args)
         verdicts = run_gate(args.baseline, args.current, settings, storage=getattr(args, "storage", ".benchmarks"),
                             history_storage=getattr(args, "history", None),
-                            interleaved=getattr(args, "interleave", False), blocks=getattr(args, "blocks", 30),
-                            threads=getattr(args, "threads", None))
+                            interleaved=getattr(args, "interleave", "auto"), threads=getattr(args, "threads", None))
         if getattr(args, "markdown", None):
             write_text_atomic(args.markdown, markdown_verdicts(verdicts))
     except DeployBenchError as exc:
         print(f"deploybench gate: {exc}", file=sys.stderr)
         return 2
-    if not verdicts:
-        print("deploybench gate: no cell was measured in both runs", file=sys.stderr)
-    print(verdict_table(verdicts))
-    regressed = [v for v in verdicts if v.verdict == REGRESSION]
-    print(f"deploybench gate: {len(regressed)} regression(s) in {len({v.cell for v in verdicts})} cell(s)")
-    return 1 if regressed else 0
+    return print_verdicts(verdicts, "deploybench gate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return gate_command(parser.parse_args(argv))
 
 
-__all__ = ["add_gate_arguments", "gate_command", "main", "parse_accuracy_thresholds", "parse_fraction", "run_gate"]
+__all__ = ["add_gate_arguments", "add_threshold_arguments", "gate_command", "gate_settings_from_args", "main", "parse_accuracy_thresholds", "parse_fraction", "run_gate"]
 
 if __name__ == "__main__":
     sys.exit(main())

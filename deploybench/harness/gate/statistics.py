@@ -23,6 +23,10 @@ MIN_HISTORY_RUNS = 5
 HISTORY_SIGMAS = 3.0
 HISTORY_MIN_SPREAD = 0.01
 CONFIDENCE = 0.99
+# The looks of the sequential interleaved comparison: block pairs after which the verdict is
+# checked, stopping at the first decided one. Each look uses confidence 1 - (1 - CONFIDENCE) / len(LOOKS)
+# (a Bonferroni split), so over all looks together the error rates of one look at CONFIDENCE hold.
+LOOKS = (12, 24, 48, 96)
 
 
 def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -92,10 +96,20 @@ def history_band(run_medians: Sequence[float]) -> tuple[float, float, float]:
     return math.exp(centre), math.exp(low), math.exp(high)
 
 
+def look_confidence(confidence: float = CONFIDENCE, looks: Sequence[int] = LOOKS) -> float:
+    """The confidence of each look of a sequential comparison with ``looks`` (Bonferroni)."""
+    return 1 - (1 - confidence) / max(1, len(looks))
+
+
 def compare_interleaved(block_ratios: Sequence[float], threshold: float = DEFAULT_THRESHOLD,
-                        confidence: float = CONFIDENCE) -> tuple[str, float, float, float]:
-    """(verdict, median block ratio, low, high) of block ratios current/baseline from ``interleave``."""
-    ratio, low, high = median_ci(block_ratios, confidence)
+                        confidence: float = CONFIDENCE, looks: Sequence[int] = LOOKS) -> tuple[str, float, float, float]:
+    """(verdict, median block ratio, low, high) of block ratios current/baseline from ``interleave``.
+
+    The interval is taken at the per-look confidence of a sequential comparison with ``looks``,
+    whether or not the ratios were gathered sequentially: the error rates are then those of the
+    sequential rule (see ``deploybench.harness.gate``) either way.
+    """
+    ratio, low, high = median_ci(block_ratios, look_confidence(confidence, looks))
     return ratio_verdict(low, high, threshold), ratio, low, high
 
 
@@ -143,6 +157,6 @@ def compare_with_history(history_medians: Sequence[float], current_samples: Sequ
     return verdict, ratio, low, high
 
 
-__all__ = ["CONFIDENCE", "DEFAULT_DRIFT_ALLOWANCE", "DEFAULT_THRESHOLD", "IMPROVEMENT", "INCONCLUSIVE",
-           "MIN_HISTORY_RUNS", "REGRESSION", "UNCHANGED", "compare_interleaved", "compare_two_runs",
+__all__ = ["CONFIDENCE", "DEFAULT_DRIFT_ALLOWANCE", "DEFAULT_THRESHOLD", "IMPROVEMENT", "INCONCLUSIVE", "LOOKS",
+           "MIN_HISTORY_RUNS", "look_confidence", "REGRESSION", "UNCHANGED", "compare_interleaved", "compare_two_runs",
            "compare_with_history", "history_band", "median_ci", "ratio_verdict", "two_sample_ratio_ci"]

@@ -3,10 +3,12 @@ accuracy figure), from the statistics of ``gate.statistics`` in the best mode th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from deploybench.harness.gate.statistics import (CONFIDENCE, DEFAULT_DRIFT_ALLOWANCE, DEFAULT_THRESHOLD, IMPROVEMENT,
                                                  INCONCLUSIVE, MIN_HISTORY_RUNS, REGRESSION, UNCHANGED,
@@ -14,10 +16,13 @@ from deploybench.harness.gate.statistics import (CONFIDENCE, DEFAULT_DRIFT_ALLOW
 from deploybench.harness.results.history import find_run, list_runs
 from deploybench.harness.results.io import load_results_file
 from deploybench.harness.results.cells import median_ms
-from deploybench.spec import DeployBenchError, Result
+from deploybench.spec import STATUS_FAILED, STATUS_TIMEOUT, DeployBenchError, Result
 
 MODE_INTERLEAVED, MODE_HISTORY, MODE_TWO_RUN = "interleaved", "history", "two-run"
-LATENCY, MEMORY = "latency", "memory"  # the figures gated besides "accuracy:<figure>"
+MODE_SAME_ARTIFACT = "same artifact"
+# The figures gated besides "accuracy:<figure>": a cell's status (ran / failed), its artifact as a
+# whole (byte-identical on both sides), latency and peak memory.
+STATUS, ARTIFACT, LATENCY, MEMORY = "status", "artifact", "latency", "memory"
 # Worst first: the order of every verdict table and summary.
 SEVERITY = (REGRESSION, INCONCLUSIVE, IMPROVEMENT, UNCHANGED)
 
@@ -68,14 +73,16 @@ class GateSettings:
 
 
 def _latency_verdict(cell_id: str, base: Result, cur: Result, settings: GateSettings,
-                     history: Sequence[float] | None, block_ratios: Sequence[float] | None) -> Verdict | None:
+                     history: Sequence[float] | None, interleaved: Any | None) -> Verdict | None:
     base_median, cur_median = median_ms(base), median_ms(cur)
+    if interleaved is not None and interleaved.ratios:
+        # the medians beside the ratio are the interleaved blocks', not the two runs'
+        verdict, ratio, low, high = compare_interleaved(interleaved.ratios, settings.threshold, settings.confidence)
+        return Verdict(cell_id, LATENCY, verdict, ratio, (low, high), float(np.median(interleaved.baseline_ms)),
+                       float(np.median(interleaved.current_ms)), MODE_INTERLEAVED,
+                       f"{len(interleaved.ratios)} interleaved block pairs of {interleaved.calls} calls")
     if base_median is None or cur_median is None:
         return None
-    if block_ratios:
-        verdict, ratio, low, high = compare_interleaved(block_ratios, settings.threshold, settings.confidence)
-        return Verdict(cell_id, LATENCY, verdict, ratio, (low, high), base_median, cur_median, MODE_INTERLEAVED,
-                       f"{len(block_ratios)} interleaved block pairs")
     cur_samples = cur.samples_ms or [cur_median]
     if history:
         verdict, ratio, low, high = compare_with_history(history, cur_samples, settings.threshold,
@@ -87,12 +94,13 @@ def _latency_verdict(cell_id: str, base: Result, cur: Result, settings: GateSett
                      f"allowance {settings.drift_allowance:.0%})")
         return Verdict(cell_id, LATENCY, verdict, ratio, (low, high), base_median, cur_median, MODE_HISTORY, note)
     base_samples = base.samples_ms or [base_median]
-    verdict, ratio, low, high = compare_two_runs(base_samples, cur_samples, settings.threshold,
-                                                 settings.drift_allowance, settings.confidence)
-    note = f"two runs: drift allowance {settings.drift_allowance:.0%}"
-    if verdict == INCONCLUSIVE:
-        note += "; use --interleave or --history to decide a small change"
-    return Verdict(cell_id, LATENCY, verdict, ratio, (low, high), base_median, cur_median, MODE_TWO_RUN, note)
+    _verdict, ratio, low, high = compare_two_runs(base_samples, cur_samples, settings.threshold,
+                                                  settings.drift_allowance, settings.confidence)
+    # Two runs cannot tell a change from drift between them (identical files have read 0.61x on a busy
+    # box): the ratio is shown, never judged. `deploybench compare` measures both sides interleaved.
+    return Verdict(cell_id, LATENCY, INCONCLUSIVE, ratio, (low, high), base_median, cur_median, MODE_TWO_RUN,
+                   "two separate runs: drift between them is not measured, so latency is not judged; "
+                   "`deploybench compare` or --interleave judges it")
 
 
 def _memory_verdict(cell_id: str, base: Result, cur: Result, settings: GateSettings) -> Verdict | None:
@@ -126,24 +134,49 @@ def _accuracy_verdicts(cell_id: str, base: Result, cur: Result, settings: GateSe
     return verdicts
 
 
+def _status_verdict(cell_id: str, base: Result, cur: Result) -> Verdict | None:
+    """A cell that ran before and fails now is a regression of its own (a model that no longer converts
+    or loads); one that failed before and runs now an improvement. Skips (a backend missing here) are
+    not changes of the model."""
+    if base.ok and cur.status == STATUS_FAILED or base.ok and cur.status == STATUS_TIMEOUT:
+        return Verdict(cell_id, STATUS, REGRESSION, None, None, None, None, "", f"ran before; now {cur.status}: "
+                       f"{cur.reason}".splitlines()[0])
+    if cur.ok and base.status in (STATUS_FAILED, STATUS_TIMEOUT):
+        return Verdict(cell_id, STATUS, IMPROVEMENT, None, None, None, None, "", f"{base.status} before; runs now")
+    return None
+
+
 def gate_results(baseline: Iterable[Result], current: Iterable[Result], settings: GateSettings | None = None,
                  history: Mapping[str, Sequence[float]] | None = None,
-                 block_ratios: Mapping[str, Sequence[float]] | None = None) -> list[Verdict]:
-    """Verdicts for every cell measured (status ok) in both ``baseline`` and ``current``.
+                 interleaved: Mapping[str, Any] | None = None,
+                 same_artifact: Collection[str] = ()) -> list[Verdict]:
+    """Verdicts for every cell in both ``baseline`` and ``current``: a status change, else (both ran)
+    latency, memory and each accuracy figure.
 
-    ``history`` maps a cell id to stored run medians (ms); ``block_ratios`` maps a cell id to the
-    ratios of an interleaved re-run. Latency, memory and each accuracy figure get a verdict.
+    ``history`` maps a cell id to stored run medians (ms); ``interleaved`` maps a cell id to the
+    ``Interleaved`` block pairs of a re-run of both artifacts; ``same_artifact`` holds the ids of
+    cells whose two artifacts are byte-identical: unchanged without being timed.
     """
     settings = settings or GateSettings()
-    base_by_id = {r.cell.id: r for r in baseline if r.ok}
+    base_by_id = {r.cell.id: r for r in baseline}
     verdicts: list[Verdict] = []
     for cur in current:
         cell_id = cur.cell.id
         base = base_by_id.get(cell_id)
-        if base is None or not cur.ok:
+        if base is None:
+            continue
+        status = _status_verdict(cell_id, base, cur)
+        if status is not None:
+            verdicts.append(status)
+            continue
+        if not (base.ok and cur.ok):
+            continue
+        if cell_id in same_artifact:
+            verdicts.append(Verdict(cell_id, ARTIFACT, UNCHANGED, 1.0, None, None, None, MODE_SAME_ARTIFACT,
+                                    "identical artifacts (same bytes; torch: same code and weights): nothing to measure"))
             continue
         latency = _latency_verdict(cell_id, base, cur, settings, (history or {}).get(cell_id),
-                                   (block_ratios or {}).get(cell_id))
+                                   (interleaved or {}).get(cell_id))
         if latency:
             verdicts.append(latency)
         memory = _memory_verdict(cell_id, base, cur, settings)
@@ -189,9 +222,9 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def markdown_verdicts(verdicts: Sequence[Verdict]) -> str:
+def markdown_verdicts(verdicts: Sequence[Verdict], title: str = "deploybench gate") -> str:
     """A Markdown section: a one-line summary and the verdict table."""
-    return f"## deploybench gate\n\n**{verdict_summary(verdicts)}**\n\n{verdict_table(verdicts, markdown=True)}\n"
+    return f"## {title}\n\n**{verdict_summary(verdicts)}**\n\n{verdict_table(verdicts, markdown=True)}\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ def _info_without_running(model: Any) -> ModelInfo:
     return ModelInfo(name=name, ref=ref, torch_source=fmt is None, source_format=fmt or "torch")
 
 
-def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = False
-                 ) -> list[tuple[ModelInfo, Runner]]:
+def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = False,
+                 folder: str | Path | None = None) -> list[tuple[ModelInfo, Runner]]:
     """One worker per model, with the model resolved in it: [(info, worker)], in the given order.
 
     A user's mistake (a wrong path, a shape that does not fit) raises its one-line ``DeployBenchError``
@@ -47,7 +47,7 @@ def open_workers(models: Iterable[Any], settings: RunSettings, verbose: bool = F
     opened: list[tuple[ModelInfo, Runner]] = []
     try:
         for model in models:
-            worker = make_worker(model, settings, verbose)
+            worker = make_worker(model, settings, verbose, folder)
             opened.append((_info_without_running(model), worker))
             try:
                 opened[-1] = (worker.open(), worker)

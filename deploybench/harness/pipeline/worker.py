@@ -57,8 +57,10 @@ class WorkerDied(Exception):
 class Worker:
     """A worker process for one model, started on first use and again after a crash."""
 
-    def __init__(self, source: ModelSource | None, settings: RunSettings, verbose: bool = False):
-        self.source, self.settings, self.verbose = source, settings, verbose
+    def __init__(self, source: ModelSource | None, settings: RunSettings, verbose: bool = False,
+                 folder: str | Path | None = None):
+        # folder: where the model's code is resolved from (a checkout of another commit), else here
+        self.source, self.settings, self.verbose, self.folder = source, settings, verbose, folder
         self.info: ModelInfo | None = None
         self.broken: WorkerDied | None = None  # a crash while resolving or in the reference: the model's
         self.starts = 0
@@ -73,7 +75,7 @@ class Worker:
         self._log = None if self.verbose else tempfile.TemporaryFile(prefix="deploybench-worker-")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "deploybench.harness.pipeline.worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env())
+            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env(), cwd=self.folder)
         self._reader = FrameReader(self._process.stdout.fileno())
         self.starts += 1
         self._call(("open", self.source, self.verbose), stage="resolve" if self.source else "start")
@@ -281,9 +283,13 @@ class InProcessWorker:
         self.close()
 
 
-def make_worker(model: Any, settings: RunSettings, verbose: bool = False) -> Worker | InProcessWorker:
+def make_worker(model: Any, settings: RunSettings, verbose: bool = False,
+                folder: str | Path | None = None) -> Worker | InProcessWorker:
     """A worker process for ``model`` (a ref, a path or a ModelSpec), or the in-process one when the
-    settings ask for it or the model cannot be sent to another process."""
+    settings ask for it or the model cannot be sent to another process. ``folder``: the worker's
+    working directory, where a relative ref and the modules it imports are found."""
+    if folder is not None:
+        return Worker(ModelSource.of(model), settings, verbose, folder)
     if settings.in_process:
         return InProcessWorker(model, settings, "in-process (--in-process: a crash ends the run)", verbose)
     try:
