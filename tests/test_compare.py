@@ -106,8 +106,13 @@ def test_a_comment_only_change_is_the_same_artifact_and_nothing_is_timed(project
 
 
 def test_three_times_the_layers_is_a_latency_regression_and_verdicts_joins_the_jobs(project):
-    code, data = _compare(project, "base", "slower", "slower.json", "--no-memory", "--markdown", "gate.md")
+    code, data = _compare(project, "base", "slower", "slower.json", "--no-memory", "--markdown", "gate.md",
+                          "--output", "head.json")
     assert code == 1 and data["regressed"]
+    from deploybench.harness.report.matrix import Matrix
+
+    (head,) = Matrix.load(project / "head.json").results  # the head side, for `merge` and `report`
+    assert head.cell.id == "net-onnx-onnxruntime-fp32" and head.ok
     latency = _verdict(data, "latency")
     assert latency["verdict"] == "regression" and latency["mode"] == "interleaved"
     assert latency["ratio"] > 1.5  # measured 2.6 for 3x the body layers on a 2-core EPYC

@@ -68,3 +68,24 @@ def test_readme_user_project_measures_its_cells_and_gates_a_slower_model(tmp_pat
     second = run_pytest(tmp_path, conversion_cache, "--backends", "onnxruntime", "--deploybench-gate", "base.json")
     assert second.returncode == 1, second.stdout[-3000:]
     assert re.search(r"my_net-onnx-onnxruntime-fp32\s+latency\s+regression", second.stdout)
+
+
+def test_readme_user_project_gates_its_working_tree_against_a_git_ref(tmp_path, conversion_cache):
+    """`pytest --deploybench-gate-ref HEAD`: the same tests run at HEAD in a temporary worktree, then
+    both sides' artifacts interleaved; the uncommitted edit (16x wider) is a latency regression."""
+    for name, text in project_files().items():
+        (tmp_path / name).write_text(text)
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "my_net"]):
+        subprocess.run([*git, *args], cwd=tmp_path, check=True, capture_output=True)
+    conftest = tmp_path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace("model_from_module(build_net(),", "model_from_module(build_net(256),"))
+
+    done = run_pytest(tmp_path, conversion_cache, "--backends", "onnxruntime", "-m", "speed",
+                      "--deploybench-gate-ref", "HEAD", "--junitxml", str(tmp_path / "cells.xml"))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "measuring the baseline: HEAD" in done.stdout
+    assert re.search(r"my_net-onnx-onnxruntime-fp32\s+latency\s+regression\s.*interleaved", done.stdout)
+    assert "1 passed" in (tmp_path / "cells.xml").read_text() or 'tests="1"' in (tmp_path / "cells.xml").read_text()
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1  # the baseline's worktree is gone

@@ -49,6 +49,8 @@ def pytest_addoption(parser):
                     help="write the session's matrix in the `deploybench run` JSON schema")
     group.addoption("--deploybench-gate", default=None, metavar="BASELINE",
                     help="gate the session's results against a baseline JSON or storage id; exit 1 on regression")
+    group.addoption("--deploybench-gate-ref", default=None, metavar="REF",
+                    help="gate against the same tests run at git REF (e.g. origin/main) in a temporary worktree")
     run_options.add_options(group.addoption, edge="pytest")
 
 
@@ -80,25 +82,12 @@ def pytest_unconfigure(config):
         state.close_all()
 
 
-def _pyproject_defaults(config) -> dict[str, Any]:
-    path = Path(config.rootpath) / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-    return dict(data.get("tool", {}).get("deploybench", {}) or {})
-
-
 class DeployBenchState:
     """Everything the plugin keeps for one session: settings, the models and their workers, results by cell."""
 
     def __init__(self, config):
         self.config = config
-        self._defaults = _pyproject_defaults(config)
+        self._defaults = run_options.pyproject_defaults(Path(config.rootpath))
         self._settings = None
         self.models: dict[str, Any] = {}  # model name -> its ref or ModelSpec
         self.infos: dict[str, Any] = {}  # model name -> ModelInfo
@@ -362,6 +351,11 @@ def _session_matrix(state):
                   settings={"source": "pytest", **state.settings.to_dict()})
 
 
+def _terminal_writer(config, prefix: str):
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return (lambda text: reporter.write_line(prefix + text)) if reporter else (lambda text: None)
+
+
 def pytest_sessionfinish(session, exitstatus):
     state = session.config.stash.get(_STATE_KEY, None)
     if state is None:
@@ -372,19 +366,23 @@ def pytest_sessionfinish(session, exitstatus):
     path = session.config.getoption("deploybench_json", default=None)
     if path:
         _session_matrix(state).save(path)
-    baseline = session.config.getoption("deploybench_gate", default=None)
-    if baseline:
-        from deploybench.harness.gate.verdict import GateSettings, gate_results, has_regression, load_run
+    if _gate_asked(session.config):
+        from deploybench.harness.gate.session import gate_pytest_session
+        from deploybench.harness.gate.verdict import has_regression
 
         try:
-            base_results, _ = load_run(baseline)
-            state.verdicts = gate_results(base_results, list(state.results.values()), GateSettings())
+            state.verdicts = gate_pytest_session(session.config, list(state.results.values()), state.settings,
+                                                 _terminal_writer(session.config, "deploybench gate: "))
         except DeployBenchError as exc:
             state.gate_error = str(exc)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
             return
         if has_regression(state.verdicts) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _gate_asked(config) -> bool:
+    return any(config.getoption(name, default=None) for name in ("deploybench_gate", "deploybench_gate_ref"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -400,12 +398,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"deploybench: matrix written to {path}")
     if state.gate_error:
         terminalreporter.write_line(f"deploybench gate: {state.gate_error}", red=True)
-    elif config.getoption("deploybench_gate", default=None):
+    elif _gate_asked(config):
         from deploybench.harness.gate.verdict import has_regression, verdict_table
 
         terminalreporter.section("deploybench gate")
-        terminalreporter.write_line(verdict_table(state.verdicts) if state.verdicts else
-                                    "no cell was measured in both the baseline and this session")
+        terminalreporter.write_line(verdict_table(state.verdicts))
         if has_regression(state.verdicts):
             terminalreporter.write_line("deploybench gate: regression -> exit status 1", red=True)
 

@@ -86,16 +86,26 @@ def run_gate(baseline_ref: str, current_ref: str, settings: GateSettings, storag
     Raises ``NothingCompared`` when no cell is in both runs."""
     baseline, base_path = load_run(baseline_ref, storage)
     current, cur_path = load_run(current_ref, storage)
-    check_overlap(baseline, current, str(base_path), str(cur_path))
     history = (history_medians(history_storage, exclude=[cur_path], machine=machine_of(cur_path, history_storage))
                if history_storage else None)
+    return judge(baseline, current, settings, str(base_path), str(cur_path), history=history,
+                 interleaved=interleaved, threads=threads, log=lambda text: log(f"deploybench gate: {text}"))
+
+
+def judge(baseline: list, current: list, settings: GateSettings, base_label: str, cur_label: str,
+          history: dict | None = None, interleaved: str | bool = "auto", threads: int | None = None,
+          log: Callable[[str], Any] = print) -> list[Verdict]:
+    """Gate two lists of results: byte-identical artifacts are ``unchanged`` untimed, the other shared
+    cells are re-run interleaved (``auto``: those whose two artifacts are on this machine), and what
+    cannot be re-run is judged from the two runs (latency then ``inconclusive``)."""
+    check_overlap(baseline, current, base_label, cur_label)
     mode = {True: "always", False: "never"}.get(interleaved, interleaved)
     same = same_artifact_ids(shared_pairs(baseline, current))
     found = None
     if mode != "never":
         pairs = [p for p in pairs_to_interleave(baseline, current, require_files=mode == "auto")
                  if p[1].cell.id not in same]
-        found = interleave_pairs(pairs, settings, threads, log=lambda text: log(f"deploybench gate: {text}"))
+        found = interleave_pairs(pairs, settings, threads, log=log)
     return gate_results(baseline, current, settings, history=history, interleaved=found, same_artifact=same)
 
 
@@ -120,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return gate_command(parser.parse_args(argv))
 
 
-__all__ = ["add_gate_arguments", "add_threshold_arguments", "gate_command", "gate_settings_from_args", "main", "parse_accuracy_thresholds", "parse_fraction", "run_gate"]
+__all__ = ["add_gate_arguments", "add_threshold_arguments", "gate_command", "gate_settings_from_args", "main", "parse_accuracy_thresholds", "judge", "parse_fraction", "run_gate"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -164,6 +164,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", default=None, metavar="PATH", help="write the verdicts as Markdown (a PR comment)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the verdicts, the raw block ratios and both sides' cells as JSON")
+    parser.add_argument("--output", default=None, metavar="PATH",
+                        help="also write the head side's cells as a results file (for `deploybench merge` and "
+                             "`report`)")
     parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     parser.add_argument("--verbose", action="store_true", help="show the converters' own output")
 
@@ -190,7 +193,7 @@ def compare_command(args: argparse.Namespace) -> int:
         backends, precisions = parse_csv(args.backends), parse_csv(args.precisions)
         check_backends(backends)
         check_precisions(precisions)
-        for path in (args.markdown, args.json):
+        for path in (args.markdown, args.json, args.output):
             _check_writable(path)
         models = _with_shapes(parse_csv(args.models), args.input_shape)
         shard = parse_shard(args.shard) if args.shard else None
@@ -204,11 +207,21 @@ def compare_command(args: argparse.Namespace) -> int:
             write_text_atomic(args.markdown, markdown_verdicts(verdicts, title=title))
         if args.json:
             write_text_atomic(args.json, json.dumps(to_json(outcome, base, head, gate), indent=1))
+        if args.output:
+            _save_head(args.output, outcome["head"], settings, head)
     except DeployBenchError as exc:
         print(f"{PROG}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(title)
     return print_verdicts(verdicts, PROG)
+
+
+def _save_head(path: str, results: list[Result], settings, head: Side) -> None:
+    from deploybench.harness.measure.machine import machine_info
+    from deploybench.harness.results.io import results_document, write_results
+
+    write_results(path, results_document(results, machine_info(),
+                                         {"source": "compare", "head": head.to_dict(), **settings.to_dict()}))
 
 
 def _check_writable(path: str | None) -> None:

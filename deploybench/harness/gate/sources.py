@@ -86,28 +86,27 @@ def _commit(ref: str, top: Path) -> str:
 
 
 @contextlib.contextmanager
-def git_sides(base_ref: str, head_ref: str, models: Sequence[str]) -> Iterator[tuple[Side, Side]]:
-    """The base (and head, unless it is the working tree) checked out in temporary worktrees of the
-    repository this process runs in; removed on the way out, whatever happened."""
-    if not models:
-        raise DeployBenchError("comparing two git refs needs --models: the models of your project to build on "
-                               "each side, e.g. --models nets/model.py:build")
-    top = Path(_git(["rev-parse", "--show-toplevel"], cwd=os.getcwd()))
-    inside = Path(os.getcwd()).resolve().relative_to(top.resolve())
+def worktrees(refs: Sequence[str], cwd: Path | str | None = None) -> Iterator[list[tuple[Path, str | None]]]:
+    """[(folder, commit)] for each ref, in order: a temporary worktree of that commit of the repository
+    around ``cwd`` (default: here), at the same place inside it as ``cwd``; ``WORKING_TREE`` is ``cwd``
+    itself (commit None). The worktrees are removed on the way out, whatever happened."""
+    here = Path(cwd or os.getcwd()).resolve()
+    top = Path(_git(["rev-parse", "--show-toplevel"], cwd=here))
+    inside = here.relative_to(top.resolve())
     scratch = Path(tempfile.mkdtemp(prefix="deploybench-compare-"))
     added: list[Path] = []
     try:
-        sides = []
-        for name, ref in (("base", base_ref), ("head", head_ref)):
+        found: list[tuple[Path, str | None]] = []
+        for index, ref in enumerate(refs):
             if ref == WORKING_TREE:
-                sides.append(Side(name, "working tree", list(models), folder=Path(os.getcwd()).resolve()))
+                found.append((here, None))
                 continue
             commit = _commit(ref, top)
-            tree = scratch / name
+            tree = scratch / str(index)
             _git(["worktree", "add", "--detach", "--force", str(tree), commit], cwd=top)
             added.append(tree)
-            sides.append(Side(name, ref, list(models), folder=(tree / inside).resolve(), commit=commit))
-        yield sides[0], sides[1]
+            found.append(((tree / inside).resolve(), commit))
+        yield found
     finally:
         for tree in added:
             with contextlib.suppress(DeployBenchError):
@@ -115,6 +114,19 @@ def git_sides(base_ref: str, head_ref: str, models: Sequence[str]) -> Iterator[t
         with contextlib.suppress(DeployBenchError):
             _git(["worktree", "prune"], cwd=top)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def git_sides(base_ref: str, head_ref: str, models: Sequence[str]) -> Iterator[tuple[Side, Side]]:
+    """The base (and head, unless it is the working tree) checked out in temporary worktrees of the
+    repository this process runs in (``worktrees``)."""
+    if not models:
+        raise DeployBenchError("comparing two git refs needs --models: the models of your project to build on "
+                               "each side, e.g. --models nets/model.py:build")
+    with worktrees([base_ref, head_ref]) as found:
+        sides = [Side(name, "working tree" if ref == WORKING_TREE else ref, list(models), folder=folder, commit=commit)
+                 for (name, ref), (folder, commit) in zip((("base", base_ref), ("head", head_ref)), found)]
+        yield sides[0], sides[1]
 
 
 @contextlib.contextmanager
@@ -134,4 +146,4 @@ def open_sides(base: str, head: str, models: Sequence[str]) -> Iterator[tuple[Si
         yield Side("base", base, [base]), Side("head", head, [head])
 
 
-__all__ = ["Side", "WORKING_TREE", "classify", "git_sides", "open_sides"]
+__all__ = ["Side", "WORKING_TREE", "classify", "git_sides", "open_sides", "worktrees"]

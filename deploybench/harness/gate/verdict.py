@@ -151,7 +151,8 @@ def gate_results(baseline: Iterable[Result], current: Iterable[Result], settings
                  interleaved: Mapping[str, Any] | None = None,
                  same_artifact: Collection[str] = ()) -> list[Verdict]:
     """Verdicts for every cell in both ``baseline`` and ``current``: a status change, else (both ran)
-    latency, memory and each accuracy figure.
+    latency, memory and each accuracy figure. A cell on one side only is ``inconclusive`` with the
+    side it is missing from, so a renamed or new cell is listed, never silently ungated.
 
     ``history`` maps a cell id to stored run medians (ms); ``interleaved`` maps a cell id to the
     ``Interleaved`` block pairs of a re-run of both artifacts; ``same_artifact`` holds the ids of
@@ -159,11 +160,16 @@ def gate_results(baseline: Iterable[Result], current: Iterable[Result], settings
     """
     settings = settings or GateSettings()
     base_by_id = {r.cell.id: r for r in baseline}
+    current = list(current)
     verdicts: list[Verdict] = []
+    current_ids = {r.cell.id for r in current}
+    verdicts += [Verdict(cell_id, STATUS, INCONCLUSIVE, reason="in the baseline only: not gated")
+                 for cell_id in base_by_id if cell_id not in current_ids]
     for cur in current:
         cell_id = cur.cell.id
         base = base_by_id.get(cell_id)
         if base is None:
+            verdicts.append(Verdict(cell_id, STATUS, INCONCLUSIVE, reason="new: not in the baseline, not gated"))
             continue
         status = _status_verdict(cell_id, base, cur)
         if status is not None:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
@@ -184,6 +185,21 @@ def add_options(add: Callable[..., Any], edge: str) -> None:
     """Register every setting's option with ``add`` (argparse's add_argument or pytest's addoption)."""
     for option in OPTIONS:
         add(*(option.cli if edge == "cli" else option.pytest), **option.kwargs)
+
+
+def pyproject_defaults(root: Path) -> dict[str, Any]:
+    """The ``[tool.deploybench]`` table of ``root/pyproject.toml``: option defaults (empty when absent
+    or unreadable, so that a broken pyproject never stops a test session)."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return dict(data.get("tool", {}).get("deploybench", {}) or {})
 
 
 def settings_from_options(get: Callable[[str], Any]) -> RunSettings:

@@ -151,12 +151,14 @@ def history_series(runs: Sequence[tuple[str, Sequence[Result]]]) -> dict[str, di
     """{model: {cell label: [{"run", "median", "regression"}]}} across runs, in run order.
 
     A point is a regression when the gate (``gate_results``) finds its latency regressed against the
-    cell's previous run.
+    medians of the cell's earlier runs (its history mode: two runs alone are never judged).
     """
     per_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
     previous: dict[Cell, Result] = {}
+    earlier_medians: dict[str, list[float]] = {}
     for label, results in runs:
-        verdicts = gate_results(list(previous.values()), results)
+        verdicts = gate_results(list(previous.values()), results,
+                                history={cell_id: list(m) for cell_id, m in earlier_medians.items()})
         regressed = {v.cell for v in verdicts if v.verdict == REGRESSION and v.metric == LATENCY}
         for r in results:
             if not r.ok or r.latency_ms is None:
@@ -165,6 +167,7 @@ def history_series(runs: Sequence[tuple[str, Sequence[Result]]]) -> dict[str, di
             per_model.setdefault(r.cell.model, {}).setdefault(name, []).append(
                 {"run": label, "median": r.latency_ms.median, "regression": r.cell.id in regressed})
             previous[r.cell] = r
+            earlier_medians.setdefault(r.cell.id, []).append(r.latency_ms.median)
     return per_model
 
 

@@ -4,7 +4,6 @@ notebook, as the HTML report."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,7 +12,7 @@ from typing import Any
 
 from deploybench.harness.report.table import terminal_table
 from deploybench.harness.results.cells import SCHEMA, best_cell
-from deploybench.harness.results.io import read_json, result_from_cell, write_text_atomic
+from deploybench.harness.results.io import read_json, result_from_cell, results_document, write_results
 from deploybench.spec import STATUS_FAILED, STATUS_TIMEOUT, DeployBenchError, Result
 
 
@@ -37,14 +36,12 @@ class Matrix:
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         """The JSON document: schema, deploybench_version, created, incomplete, machine, settings, cells."""
-        return {"schema": SCHEMA, "deploybench_version": self.deploybench_version, "created": self.created,
-                "incomplete": self.incomplete, "machine": self.machine, "settings": self.settings,
-                "cells": [r.to_dict(with_samples=with_samples) for r in self.results]}
+        return results_document(self.results, self.machine, self.settings, self.created, self.deploybench_version,
+                                self.incomplete, with_samples)
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically (``write_text_atomic``) and return the path."""
-        text = json.dumps(self.to_dict(), indent=1, default=str, allow_nan=False)
-        return write_text_atomic(path, text)
+        return write_results(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "matrix") -> Matrix:

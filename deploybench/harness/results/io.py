@@ -16,6 +16,27 @@ from deploybench.spec import DeployBenchError, LatencyStats, Result
 _CELL_KEYS = ("model", "format", "backend", "precision")
 
 
+def results_document(results: list[Result], machine: Mapping[str, Any], settings: Mapping[str, Any],
+                     created: str | None = None, version: str | None = None, incomplete: str = "",
+                     with_samples: bool = True) -> dict[str, Any]:
+    """The JSON document of a results file (``cells.SCHEMA``): schema, deploybench_version, created,
+    incomplete, machine, settings, cells. Written here so that every writer writes the same one."""
+    from datetime import datetime, timezone
+
+    import deploybench
+    from deploybench.harness.results.cells import SCHEMA
+
+    return {"schema": SCHEMA, "deploybench_version": version or deploybench.__version__,
+            "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "incomplete": incomplete, "machine": dict(machine), "settings": dict(settings),
+            "cells": [r.to_dict(with_samples=with_samples) for r in results]}
+
+
+def write_results(path: str | Path, document: Mapping[str, Any]) -> Path:
+    """Write a ``results_document`` atomically (``write_text_atomic``) and return the path."""
+    return write_text_atomic(path, json.dumps(document, indent=1, default=str, allow_nan=False))
+
+
 def read_json(path: str | Path, what: str, fix: str) -> Any:
     """The parsed JSON of ``path``. A missing, unreadable or malformed file raises one line naming
     ``what`` it should have been, the file, and ``fix`` (how to get a good one); nothing is written."""

@@ -1,0 +1,93 @@
+"""Gate a pytest session (the plugin's ``--deploybench-gate`` and ``--deploybench-gate-ref``) without
+importing pytest: the baseline is a results file, or the same selection of tests run again at a git
+ref in a temporary worktree of the project, in a pytest process of its own that shares the conversion
+cache. Either way the baseline's artifacts that are on this machine are re-run interleaved with the
+session's (``command.judge``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploybench.harness.gate.command import judge
+from deploybench.harness.gate.sources import worktrees
+from deploybench.harness.gate.verdict import GateSettings, Verdict, load_run
+from deploybench.spec import DeployBenchError, Result
+
+# Options of this session that must not reach the baseline's: the gate itself, and outputs that an
+# absolute path would make the baseline session overwrite. (name, takes a value)
+_NOT_FOR_THE_BASELINE = {"--deploybench-gate": True, "--deploybench-gate-ref": True, "--deploybench-json": True,
+                         "--junitxml": True, "--junit-xml": True, "--benchmark-json": True,
+                         "--benchmark-save": True, "--benchmark-autosave": False, "--html": True}
+BASELINE_SESSION_TIMEOUT_S = 3 * 3600
+
+
+def baseline_arguments(args: Sequence[str]) -> list[str]:
+    """The session's own command-line arguments without the gate and the output options."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _NOT_FOR_THE_BASELINE:
+            skip_value = _NOT_FOR_THE_BASELINE[name] and "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
+def baseline_from_ref(ref: str, args: Sequence[str], folder: Path, cache_dir: str | None,
+                      log: Callable[[str], Any]) -> tuple[list[Result], str]:
+    """(cells, label): this session's selection run at ``ref`` in a temporary worktree. ``folder``: where
+    the session was started (the same place inside the worktree is used)."""
+    with worktrees([ref], cwd=folder) as [(tree, commit)], tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "baseline.json"
+        env = {**os.environ, **({"DEPLOYBENCH_CACHE": cache_dir} if cache_dir else {})}
+        command = [sys.executable, "-m", "pytest", *baseline_arguments(args), "-p", "no:cacheprovider", "-q",
+                   "--deploybench-json", str(output)]
+        log(f"measuring the baseline: {ref} ({commit[:10]}) in a temporary worktree")
+        try:
+            done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True,
+                                  timeout=BASELINE_SESSION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise DeployBenchError(f"the baseline session at {ref} ran past {BASELINE_SESSION_TIMEOUT_S} s") from None
+        if not output.is_file():
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            raise DeployBenchError(f"the baseline session at {ref} measured no cell (pytest exit {done.returncode}"
+                                   f"{': ' + lines[-1] if lines else ''})")
+        results, _ = load_run(str(output))
+        return results, f"{ref} ({commit[:10]})"
+
+
+def gate_session(results: list[Result], baseline: str | None, ref: str | None, args: Sequence[str],
+                 folder: Path, cache_dir: str | None, threads: int | None,
+                 log: Callable[[str], Any]) -> list[Verdict]:
+    """The verdicts of the session's ``results`` against ``baseline`` (a results file or storage id)
+    or the same tests at git ``ref``."""
+    if ref:
+        base_results, label = baseline_from_ref(ref, args, folder, cache_dir, log)
+    else:
+        base_results, path = load_run(baseline)
+        label = str(path)
+    return judge(base_results, results, GateSettings(), label, "this session", threads=threads, log=log)
+
+
+def gate_pytest_session(config, results: list[Result], settings, log: Callable[[str], Any]) -> list[Verdict]:
+    """``gate_session`` with what a pytest ``config`` holds: ``--deploybench-gate``, ``--deploybench-gate-ref``,
+    the session's arguments and folder, and the session's conversion cache and threads."""
+    from deploybench.converters.cache import default_cache_dir
+
+    params = config.invocation_params
+    return gate_session(results, config.getoption("deploybench_gate", default=None),
+                        config.getoption("deploybench_gate_ref", default=None), params.args, Path(params.dir),
+                        str(Path(settings.cache_dir or default_cache_dir()).resolve()), settings.threads, log)
+
+
+__all__ = ["baseline_arguments", "baseline_from_ref", "gate_pytest_session", "gate_session"]
