@@ -13,8 +13,9 @@ from typing import Any
 from deploybench.harness.gate.statistics import REGRESSION, UNCHANGED
 from deploybench.harness.gate.verdict import LATENCY, Verdict, by_severity, gate_results, verdict_summary
 from deploybench.harness.report import plots
-from deploybench.harness.report.table import (BEST_LEGEND, COLUMNS, cell_row, cells_not_run, machine_line, model_groups,
-                                              number, ratio_text, with_detector_columns)
+from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, cell_notes
+from deploybench.harness.report.table import (BEST_LEGEND, COLUMNS, cell_row, cells_not_run, is_unstable, machine_line,
+                                              model_groups, number, ratio_text, with_detector_columns)
 from deploybench.harness.results.history import StoredRun, list_runs
 from deploybench.spec import Cell, Result
 
@@ -25,7 +26,10 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bo
 h3{margin:1.4em 0 .4em}.muted{color:#666;font-size:.9em}
 table{border-collapse:collapse;font-size:.82em;margin:.4em 0 1em}.scroll{overflow-x:auto}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#f3f4f6}th.t,td.t{text-align:left}td.note{white-space:normal;min-width:16em}tr.best td{background:#fff7d6;font-weight:600}
+th{background:#f3f4f6;white-space:normal;vertical-align:bottom}th.t,td.t{text-align:left}
+td.note{white-space:normal;min-width:16em}td.status{white-space:normal;min-width:7em;max-width:14em}
+tr.best td{background:#fff7d6;font-weight:600}td[title]{text-decoration:underline dotted;cursor:help}
+ul.notes{font-size:.82em;color:#444;margin:-.6em 0 1em;padding-left:1.2em;list-style:none}
 tr.unstable td{color:#8a5a00}tr.fails td{color:#a12}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:12px;align-items:start}
 .plot{border:1px solid #eee;border-radius:6px;padding:6px;background:#fff;min-width:0}
@@ -40,19 +44,43 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+_METRIC = COLUMNS.index("metric")
+
+
 def _table(rows: Sequence[Result], best: Result | None) -> str:
-    headers, table = with_detector_columns(COLUMNS, [cell_row(r, r is best) for r in rows], rows)
-    text_columns = {0, 1, 2, 3, 13, len(headers) - 1}  # left-aligned: names, the metric and the status
-    head = "".join(f'<th class="t">{_e(c)}</th>' if i in text_columns else f"<th>{_e(c)}</th>"
-                   for i, c in enumerate(headers))
+    """The cells' table, narrow enough for a laptop screen: status right after the cell's name, headers
+    that wrap, a metric shared by every row named once in its header; notes as tooltips and listed below."""
+    footnotes = Footnotes()
+    headers, table = with_detector_columns(COLUMNS, [cell_row(r, r is best, footnotes) for r in rows], rows)
+    headers, table = list(headers), [list(line) for line in table]
+    metric_names = {r.accuracy.metric if r.accuracy else None for r in rows}
+    if len(metric_names) == 1 and None not in metric_names:
+        (headers[_METRIC],) = metric_names
+        for line, r in zip(table, rows):
+            value = r.accuracy.metric_value
+            line[_METRIC] = f"{value:.3f}" if value is not None else "–"
+    status = len(headers) - 1
+    order = [0, 1, 2, 3, status, *range(4, status)]
+    classes = {i: "t" for i in (0, 1, 2, 3, _METRIC)} | {status: "t status"}  # left-aligned text columns
+    noted = {3: PRECISION, status: STATUS}  # a note's text is also the tooltip of its marker's cell
+
+    def td(r: Result, line: list[str], i: int) -> str:
+        attributes = f' class="{classes[i]}"' if i in classes else ""
+        tip = "; ".join(n.text for n in cell_notes(r) if n.column == noted.get(i))
+        if tip:
+            attributes += f' title="{_e(tip)}"'
+        return f"<td{attributes}>{_e(line[i])}</td>"
+
+    head = "".join(f'<th class="{classes[i]}">{_e(headers[i])}</th>' if i in classes else f"<th>{_e(headers[i])}</th>"
+                   for i in order)
     body = []
-    for r, cells in zip(rows, table):
-        classes = [c for c, on in (("best", r is best), ("unstable", r.unstable),
-                                   ("fails", not r.passes_accuracy)) if on]
-        tds = "".join(f'<td class="t">{_e(v)}</td>' if i in text_columns else f"<td>{_e(v)}</td>"
-                      for i, v in enumerate(cells))
-        body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>')
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    for r, line in zip(rows, table):
+        marks = [c for c, on in (("best", r is best), ("unstable", is_unstable(r)),
+                                 ("fails", not r.passes_accuracy)) if on]
+        body.append(f'<tr class="{" ".join(marks)}">{"".join(td(r, line, i) for i in order)}</tr>')
+    notes = "".join(f"<li>{_e(text)}</li>" for text in footnotes.lines())
+    return (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+            + (f"<ul class='notes'>{notes}</ul>" if notes else ""))
 
 
 def _plot(svg: str) -> str:
@@ -137,7 +165,8 @@ def _history_runs(history: History | None) -> list[tuple[str, list[Result]]]:
     for item in history:
         if isinstance(item, StoredRun):
             when = item.datetime
-            label = " ".join(x for x in (when[:16], (item.commit or "")[:8]) if x) or item.id
+            # to the second: runs of one minute (a CI retry, a loop of runs) are apart on the plot too
+            label = "\n".join(x for x in (when[:19].replace("T", " "), (item.commit or "")[:8] or item.id) if x)
             runs.append((when, label, item.results()))
         else:
             label, results = item
@@ -148,15 +177,17 @@ def _history_runs(history: History | None) -> list[tuple[str, list[Result]]]:
 
 
 def history_series(runs: Sequence[tuple[str, Sequence[Result]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """{model: {cell label: [{"run", "median", "regression"}]}} across runs, in run order.
+    """{model: {cell label: [{"run", "index", "median", "regression"}]}} across runs, in run order.
 
-    A point is a regression when the gate (``gate_results``) finds its latency regressed against the
-    medians of the cell's earlier runs (its history mode: two runs alone are never judged).
+    ``index`` is the run's position in ``runs`` (its x on the plot: two runs never share one, whatever
+    their labels). A point is a regression when the gate (``gate_results``) finds its latency
+    regressed against the medians of the cell's earlier runs (its history mode: two runs alone are
+    never judged).
     """
     per_model: dict[str, dict[str, list[dict[str, Any]]]] = {}
     previous: dict[Cell, Result] = {}
     earlier_medians: dict[str, list[float]] = {}
-    for label, results in runs:
+    for index, (label, results) in enumerate(runs):
         verdicts = gate_results(list(previous.values()), results,
                                 history={cell_id: list(m) for cell_id, m in earlier_medians.items()})
         regressed = {v.cell for v in verdicts if v.verdict == REGRESSION and v.metric == LATENCY}
@@ -165,7 +196,7 @@ def history_series(runs: Sequence[tuple[str, Sequence[Result]]]) -> dict[str, di
                 continue
             name = f"{r.cell.format}/{r.cell.backend}/{r.cell.precision}"
             per_model.setdefault(r.cell.model, {}).setdefault(name, []).append(
-                {"run": label, "median": r.latency_ms.median, "regression": r.cell.id in regressed})
+                {"run": label, "index": index, "median": r.latency_ms.median, "regression": r.cell.id in regressed})
             previous[r.cell] = r
             earlier_medians.setdefault(r.cell.id, []).append(r.latency_ms.median)
     return per_model

@@ -9,6 +9,7 @@ from typing import Any
 
 from deploybench.harness.gate.statistics import IMPROVEMENT, INCONCLUSIVE, REGRESSION, UNCHANGED
 from deploybench.harness.gate.verdict import Verdict, by_severity, verdict_summary
+from deploybench.harness.report.notes import Footnotes
 from deploybench.harness.report.table import (COLUMNS, DETECTOR_LEGEND, cell_row, cells_not_run, is_detector,
                                               machine_line, model_groups, number, ratio_text, with_detector_columns)
 from deploybench.spec import Result
@@ -62,10 +63,14 @@ def markdown_report(results: Sequence[Result], verdicts: Iterable[Verdict] | Non
         parts.append(f"_machine: {_escape(machine_line(machine))}_")
     headers = [COLUMNS[i] for i in _SHOWN]
     for group in model_groups(results):
-        table_rows = [[full[i] for i in _SHOWN] for full in (cell_row(r, r is group.best) for r in group.rows)]
+        footnotes = Footnotes()
+        table_rows = [[full[i] for i in _SHOWN]
+                      for full in (cell_row(r, r is group.best, footnotes) for r in group.rows)]
         parts.append(f"### {_escape(group.name)}"
                      + (f" (errors vs {_escape(group.reference)})" if group.reference else ""))
         parts.append(_table(*with_detector_columns(headers, table_rows, group.rows)))
+        if footnotes:  # a list: "[1]: text" would be a link definition, and vanish
+            parts.append("\n".join(f"- {_escape(line)}" for line in footnotes.lines()))
         if is_detector(group.rows):
             parts.append(f"_{_escape(DETECTOR_LEGEND)}_")
     if not any(r.ok for r in results):

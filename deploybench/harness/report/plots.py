@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from deploybench.harness.measure.tolerance import TOLERANCES
 from deploybench.spec import Result
 
 # Colour per backend, so one backend reads the same in every plot.
@@ -20,6 +22,9 @@ BACKEND_COLORS = {
 _FALLBACK_COLOR = "#666666"
 _PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "^", "int8": "D"}
 _LOG_SPAN = 20.0  # latencies spanning more than this factor get a log axis
+# Errors against the reference below the fp32 tolerance are float rounding (reordered sums): plotted
+# on a log axis, 1e-8 against 1e-6 would look like a real difference.
+ERROR_FLOOR = TOLERANCES["fp32"]["atol"]
 
 
 def _pyplot():
@@ -136,41 +141,86 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
     return front
 
 
-def speed_accuracy_svg(results: Sequence[Result], title: str = "Speed vs accuracy") -> str:
-    """Median latency (ms, x) against the task metric or the max abs error (y) for the ok cells of one model,
-    with the Pareto front drawn as a step line."""
+@dataclass
+class SpeedAccuracy:
+    """What the speed-vs-accuracy plot draws for one model's ok cells with both figures.
+
+    ``points`` are (median ms, accuracy) per row, an error below ``floor`` raised to it; ``front``
+    indexes the rows on the Pareto front, found among the rows that pass accuracy only (a fast cell
+    with wrong outputs is no trade-off); ``fails`` indexes the rows that miss their tolerance."""
+
+    label: str
+    higher_is_better: bool
+    rows: list[Result]
+    points: list[tuple[float, float]]
+    front: list[int]
+    fails: list[int]
+    floor: float | None  # errors are drawn no lower than this (None: the axis is a task metric)
+
+    @property
+    def all_at_floor(self) -> bool:
+        """Every error is float rounding: the y axis would only show noise."""
+        return self.floor is not None and all(y <= self.floor for _, y in self.points)
+
+
+def speed_accuracy(results: Sequence[Result]) -> SpeedAccuracy | None:
+    """The ``SpeedAccuracy`` of the ok cells of ``results`` that have a latency and an accuracy figure;
+    None when no cell has both."""
     rows = [r for r in results if r.ok and r.latency_ms and r.accuracy is not None]
     label, higher_is_better = accuracy_axis(rows)
     rows = [r for r in rows if _accuracy_value(r, higher_is_better) is not None]
     if not rows:
-        return _empty(title, "no cell has both a latency and an accuracy figure")
+        return None
+    floor = None if higher_is_better else ERROR_FLOOR
     points = [(r.latency_ms.median, float(_accuracy_value(r, higher_is_better))) for r in rows]
-    front = pareto_front(points, higher_is_better)
+    if floor is not None:
+        # below the floor the ranking of errors is rounding noise: such cells are equally accurate
+        points = [(x, max(y, floor)) for x, y in points]
+    passing = [i for i, r in enumerate(rows) if r.passes_accuracy]
+    front = [passing[i] for i in pareto_front([points[i] for i in passing], higher_is_better)]
+    fails = [i for i, r in enumerate(rows) if not r.passes_accuracy]
+    return SpeedAccuracy(label, higher_is_better, rows, points, front, fails, floor)
+
+
+def speed_accuracy_svg(results: Sequence[Result], title: str = "Speed vs accuracy") -> str:
+    """Median latency (ms, x) against the task metric or the max abs error (y) for the ok cells of one model,
+    with the Pareto front of the cells that pass accuracy drawn as a step line and the failing cells hollow.
+    When every error is below ``ERROR_FLOOR`` it says so instead of plotting rounding noise."""
+    data = speed_accuracy(results)
+    if data is None:
+        return _empty(title, "no cell has both a latency and an accuracy figure")
+    if data.all_at_floor:
+        return _empty(title, f"every cell's {data.label} is below {data.floor:g} (float rounding): "
+                             "they are equally accurate;\nthe latency plot compares their speed")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     # colour = backend, marker = precision; labels in the legend, since close points would overwrite each other
-    for i, (r, (x, y)) in enumerate(zip(rows, points)):
-        on_front = i in front
-        ax.scatter([x], [y], s=70 if on_front else 35, color=_color(r), marker=_PRECISION_MARKERS.get(r.cell.precision, "o"),
-                   edgecolors="black" if on_front else "none", linewidths=1.2, zorder=3,
-                   label=cell_label(r) + (" *" if on_front else ""))
-    front_points = [points[i] for i in front]
+    for i, (r, (x, y)) in enumerate(zip(data.rows, data.points)):
+        on_front, fails = i in data.front, i in data.fails
+        ax.scatter([x], [y], s=70 if on_front else 40, marker=_PRECISION_MARKERS.get(r.cell.precision, "o"),
+                   facecolors="none" if fails else _color(r), edgecolors=_color(r) if fails else
+                   ("black" if on_front else "none"), linewidths=1.5 if fails else 1.2, zorder=3,
+                   label=cell_label(r) + (" *" if on_front else "") + (" (fails accuracy)" if fails else ""))
+    front_points = [data.points[i] for i in data.front]
     if len(front_points) > 1:
         xs, ys = zip(*front_points)
-        ax.step(xs, ys, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front (*)", zorder=2)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    ax.margins(x=0.08, y=0.12)
-    if _wants_log([p[0] for p in points]):
+        ax.step(xs, ys, where="post", color="black", linewidth=1, linestyle="--",
+                label="Pareto front (*) of cells that pass accuracy", zorder=2)
+    if _wants_log([p[0] for p in data.points]):
         ax.set_xscale("log")
-    if not higher_is_better:
-        # errors span orders of magnitude (fp32 ~1e-6, int8 ~1e-2); the reference itself sits at 0
-        positive = [p[1] for p in points if p[1] > 0]
-        if positive and len(positive) == len(points):
-            ax.set_yscale("log")
-        elif positive:
-            ax.set_yscale("symlog", linthresh=min(positive))
+    if not data.higher_is_better:
+        # errors span orders of magnitude (fp32 ~1e-6, int8 ~1e-2); no point sits below the floor
+        ax.set_yscale("log")
+        top = max(y for _, y in data.points)
+        ax.set_ylim(data.floor / 2, max(top * 2, data.floor * 10))
+        ax.axhspan(data.floor / 2, data.floor, color="#999999", alpha=0.15, zorder=1,
+                   label=f"below {data.floor:g}: float rounding, drawn at {data.floor:g}")
+    else:
+        ax.margins(y=0.12)
+    ax.margins(x=0.08)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_xlabel("median latency (ms, lower is better)")
-    ax.set_ylabel(f"{mpl_text(label)} ({'higher' if higher_is_better else 'lower'} is better)")
+    ax.set_ylabel(f"{mpl_text(data.label)} ({'higher' if data.higher_is_better else 'lower'} is better)")
     ax.set_title(mpl_text(title))
     return _to_svg(fig)
 
@@ -201,23 +251,26 @@ def memory_svg(results: Sequence[Result], title: str = "Peak memory") -> str:
 def history_svg(series: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "Median latency across runs") -> str:
     """Lines of each cell's median (ms) across stored runs; points flagged ``regression`` get a red ring.
 
-    ``series`` maps a cell label to points ``{"run": label, "median": ms, "regression": bool}`` in run order.
+    ``series`` maps a cell label to points ``{"run": label, "index": position, "median": ms, "regression": bool}``
+    in run order; a point's x is its run's ``index`` (runs with equal labels stay apart), or its label's
+    order of appearance when points carry no index.
     """
     series = {k: [p for p in v if p.get("median") is not None] for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}
     if not series:
         return _empty(title, "no stored runs to compare")
-    runs: list[str] = []
+    ticks: dict[Any, str] = {}  # the run's key -> its label, in order of appearance
     for points in series.values():
         for p in points:
-            if str(p["run"]) not in runs:
-                runs.append(str(p["run"]))
+            ticks.setdefault(_run_key(p), str(p["run"]))
+    order = list(ticks)
+    positions = {key: i for i, key in enumerate(sorted(order, key=lambda k: (k[0], order.index(k))))}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     medians = []
     marked_regression = False
     for name, points in sorted(series.items()):
-        xs = [runs.index(str(p["run"])) for p in points]
+        xs = [positions[_run_key(p)] for p in points]
         ys = [float(p["median"]) for p in points]
         medians.extend(ys)
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=mpl_text(name))
@@ -227,7 +280,8 @@ def history_svg(series: Mapping[str, Sequence[Mapping[str, Any]]], title: str = 
             ax.scatter(bx, by, s=90, facecolors="none", edgecolors="red", linewidths=1.5, zorder=4,
                        label=None if marked_regression else "regression")
             marked_regression = True
-    ax.set_xticks(range(len(runs)), [mpl_text(_short(r)) for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(list(positions.values()), [mpl_text(_short(ticks[key])) for key in positions], rotation=30,
+                  ha="right", fontsize=7)
     if _wants_log(medians):
         ax.set_yscale("log")
     else:
@@ -240,5 +294,12 @@ def history_svg(series: Mapping[str, Sequence[Mapping[str, Any]]], title: str = 
     return _to_svg(fig)
 
 
+def _run_key(point: Mapping[str, Any]) -> tuple[int, str]:
+    """A run's place on the history plot: its index when the point has one, else its label."""
+    index = point.get("index")
+    return (int(index), "") if index is not None else (-1, str(point["run"]))
+
+
 def _short(text: str, limit: int = 22) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Each line of a tick label at most ``limit`` characters."""
+    return "\n".join(line if len(line) <= limit else line[: limit - 1] + "…" for line in text.split("\n"))

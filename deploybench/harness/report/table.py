@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, hit_time_cap, time_cap_text
 from deploybench.harness.results.cells import best_cell
 from deploybench.spec import Accuracy, LatencyStats, Result
 
@@ -98,23 +99,35 @@ def _metric(accuracy: Accuracy | None) -> str:
     return f"{accuracy.metric or 'metric'} {accuracy.metric_value:.3f}"
 
 
+def is_unstable(result: Result) -> bool:
+    """Too noisy to trust: a wide latency spread, or a timed loop the --max-time cap cut short."""
+    return result.unstable or (result.ok and hit_time_cap(result))
+
+
 def _status(result: Result) -> str:
     text = "ok (accuracy fails)" if result.ok and not result.passes_accuracy else result.status
+    if result.ok and hit_time_cap(result):
+        return f"{text} unstable ({time_cap_text(result)})"
     return text + " unstable" if result.unstable else text
 
 
-def cell_row(result: Result, is_best: bool) -> list[str]:
-    """The ``COLUMNS`` of one cell, as text."""
+def cell_row(result: Result, is_best: bool, footnotes: Footnotes | None = None) -> list[str]:
+    """The ``COLUMNS`` of one cell, as text; with ``footnotes``, the markers of its notes
+    (``notes.cell_notes``) follow its precision and its status."""
     lat = result.latency_ms
     size_mb = result.artifact_bytes / 1e6 if result.artifact_bytes is not None else None
     accuracy = result.accuracy
-    mark = (BEST_MARK if is_best else "") + (UNSTABLE_MARK if result.unstable else "")
+    mark = (BEST_MARK if is_best else "") + (UNSTABLE_MARK if is_unstable(result) else "")
+    def markers(column: str) -> str:
+        return footnotes.markers(result, column) if footnotes is not None else ""
+
     return [
-        mark, result.cell.format, result.cell.backend, result.cell.precision,
+        mark, result.cell.format, result.cell.backend, result.cell.precision + markers(PRECISION),
         number(lat.median if lat else None), number(lat.p99 if lat else None), _spread(lat),
         number(result.throughput_ips, 1), number(result.load_ms, 1), number(result.first_inference_ms, 1),
         number(result.peak_rss_mb, 1), number(size_mb, 2),
-        _error(accuracy.max_abs_error if accuracy else None), _metric(accuracy), _status(result),
+        _error(accuracy.max_abs_error if accuracy else None), _metric(accuracy),
+        _status(result) + markers(STATUS),
     ]
 
 
@@ -181,7 +194,8 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
     """The matrix as plain text: one table per model, then skipped / failed cells with their reasons.
 
     The best cell of each model (``best_cell``) is marked ★, unstable cells ~ and 'unstable' in
-    their status.
+    their status; a cell's notes (why its accuracy fails, random calibration, a timing cut short by the
+    cap) are numbered markers in its row and numbered lines under its table.
     """
     from tabulate import tabulate
 
@@ -193,9 +207,11 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
     for group in groups:
         lines.append("")
         lines.append(group.name + (f"  (errors vs {group.reference})" if group.reference else ""))
-        headers, table = with_detector_columns(COLUMNS, [cell_row(r, r is group.best) for r in group.rows],
-                                               group.rows)
+        footnotes = Footnotes()
+        headers, table = with_detector_columns(
+            COLUMNS, [cell_row(r, r is group.best, footnotes) for r in group.rows], group.rows)
         lines.append(tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
+        lines.extend(footnotes.lines())
         if is_detector(group.rows):
             lines.append(DETECTOR_LEGEND)
     if not any(r.ok for r in results):
