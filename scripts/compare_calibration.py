@@ -46,6 +46,10 @@ class Net(nn.Module):
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.body = nn.Sequential(*(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()) for _ in range(LAYERS)))
         self.head = nn.Conv2d(16, 4, 1)
+        for conv in self.modules():  # He init keeps activations at scale through the ReLUs: no denormals
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x):
         return self.head(self.body(torch.relu(self.stem(x))))
@@ -54,7 +58,7 @@ class Net(nn.Module):
 def build():
     return Net().eval()
 '''
-BASE_LAYERS = 20
+BASE_LAYERS = 18
 CELL = "net-onnx-onnxruntime-fp32"
 
 

@@ -19,6 +19,7 @@ NET = textwrap.dedent("""
 
     LAYERS = 4
     DEAD_CHANNEL_WEIGHT = 0.0  # weights that read a channel which is always zero: free in fp32, costly in int8
+    TABLE_FLOATS = 0  # a table read at an index the input decides: memory, and next to no compute
 
 
     class Net(nn.Module):
@@ -38,11 +39,15 @@ NET = textwrap.dedent("""
                 for conv in self.body:
                     conv.bias[0] = -1e4
                     conv.weight[:, 0] = DEAD_CHANNEL_WEIGHT
+            if TABLE_FLOATS:
+                self.register_buffer("table", torch.randn(TABLE_FLOATS, generator=generator) * 1e-6)
 
         def forward(self, x):
             x = torch.relu(self.stem(x))
             for conv in self.body:
                 x = torch.relu(conv(x))
+            if TABLE_FLOATS:  # an index no constant folding can know, so the whole table is kept
+                x = x + self.table[(x[0, 0, 0, 0] > 1e9).long()]
             return self.head(x)
 
 
@@ -67,14 +72,16 @@ def _commit(project: Path, tag: str, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A user's project with four commits: the base, a comment-only edit, three times the layers, and
-    weights that read a dead channel (the same fp32 outputs, a ruined int8 calibration)."""
+    """A user's project with five commits: the base, a comment-only edit, three times the layers,
+    weights that read a dead channel (the same fp32 outputs, a ruined int8 calibration), and a 48 MB
+    table the network reads one value of (peak memory up, compute the same)."""
     root = tmp_path_factory.mktemp("project")
     _git(root, "init", "-q", "-b", "main")
     _commit(root, "base", NET)
     _commit(root, "comment", NET.replace("import torch\n", "import torch  # a comment changes no artifact\n", 1))
     _commit(root, "slower", NET.replace("LAYERS = 4", "LAYERS = 12"))
     _commit(root, "int8-drop", NET.replace("DEAD_CHANNEL_WEIGHT = 0.0", "DEAD_CHANNEL_WEIGHT = 30.0"))
+    _commit(root, "fatter", NET.replace("TABLE_FLOATS = 0", "TABLE_FLOATS = 12_000_000"))
     _git(root, "checkout", "-q", "comment")  # the working tree is not what either side builds
     return root
 
@@ -140,6 +147,15 @@ def test_an_int8_calibration_ruined_by_dead_channel_weights_is_an_accuracy_regre
     assert fp32["verdict"] == "unchanged"  # the network computes the same thing in floating point
 
 
+@pytest.mark.slow
+def test_a_48_mb_table_is_a_memory_regression_on_its_own_line(project):
+    code, data = _compare(project, "base", "fatter", "fatter.json")
+    assert code == 1
+    memory = _verdict(data, "memory")
+    assert memory["verdict"] == "regression" and memory["current"] - memory["baseline"] > 30, memory
+    assert _verdict(data, "accuracy:cosine")["verdict"] == "unchanged"
+
+
 def test_what_cannot_be_compared_is_one_line_and_exit_2(project, tmp_path):
     cases = {
         ("no-such-ref", "base"): "'no-such-ref' is not a commit",
@@ -162,3 +178,28 @@ def test_what_cannot_be_compared_is_one_line_and_exit_2(project, tmp_path):
         done = _deploybench(project, "verdicts", str(path), timeout=120)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert str(path) in done.stderr
+
+
+def test_two_onnx_runtime_sessions_side_by_side_stop_spinning_and_compute_the_same(small_cnn_spec):
+    """Interleaving loads both ONNX Runtime sessions without intra-op spinning (each one's idle pool
+    spun on the cores the other computed on); the outputs are those of a spinning session."""
+    import numpy as np
+
+    from deploybench.converters import deploy_model
+    from deploybench.engines import create_deployer
+    from deploybench.harness.gate.interleave import _engine_for
+    from deploybench.spec import Cell, Result
+
+    artifact = deploy_model(small_cnn_spec, "onnx")
+    result = Result(cell=Cell(small_cnn_spec.name, "onnx", "onnxruntime", "fp32"), artifact_path=str(artifact.path))
+    engine, inputs = _engine_for(result, _settings(threads=2))
+    with engine, create_deployer(artifact, backend="onnxruntime", threads=2) as deployed:
+        assert engine.runtime_notes["spinning"] is False and "spinning" not in deployed.runtime_notes
+        for name, value in deployed.infer(inputs).items():
+            np.testing.assert_allclose(engine.infer(inputs)[name], value, rtol=1e-6, atol=1e-6)
+
+
+def _settings(threads: int):
+    from deploybench.harness.pipeline.settings import RunSettings
+
+    return RunSettings(threads=threads)

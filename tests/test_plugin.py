@@ -132,3 +132,21 @@ def test_real_run_writes_junit_matrix_json_and_benchmark_data(project):
     assert len(bench["stats"]["data"]) == cell["latency_ms"]["n"]  # raw samples kept for the gate
     assert bench["extra_info"]["cell_id"] == "small-onnx-onnxruntime-fp32"
     assert sorted(bench["stats"]["data"]) == pytest.approx(sorted(s / 1e3 for s in cell["samples_ms"]))
+
+
+def test_a_gate_baseline_that_cannot_be_used_stops_the_session_before_any_test(project):
+    for args, expected in ((["--deploybench-gate", "nope.json"], "nope.json"),
+                           (["--deploybench-gate-ref", "main"], "git rev-parse"),  # not a git checkout
+                           (["--deploybench-gate", "a.json", "--deploybench-gate-ref", "main"], "not both")):
+        result = project.runpytest("-q", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        assert expected in result.stderr.str(), result.stderr.str()
+        assert "passed" not in result.stdout.str()
+
+
+def test_an_unknown_backend_or_precision_is_a_usage_error_before_collection(project):
+    for args, expected in ((["--backends", "onnxruntim"], "unknown backend 'onnxruntim'"),
+                           (["--precisions", "int4"], "unknown precision 'int4'")):
+        result = project.runpytest("--co", "-q", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        assert expected in result.stderr.str() and "Traceback" not in result.stdout.str() + result.stderr.str()

@@ -66,12 +66,18 @@ def _register_markers(config) -> None:
 def pytest_configure(config):
     _register_markers(config)
     state = config.stash[_STATE_KEY] = DeployBenchState(config)
-    from deploybench.harness.pipeline.plan import parse_shard
+    from deploybench.harness.pipeline.plan import check_backends, check_precisions, parse_shard
 
     try:  # bad option values stop the run before collection, with the fix in one line
         if config.getoption("shard", default=None):
             parse_shard(config.getoption("shard"))
+        check_backends(state.list_option("backends", ()))
+        check_precisions(state.list_option("precisions", ()))
         state.settings  # noqa: B018 - validates every measurement option now
+        if _gate_asked(config):  # a baseline that cannot be read fails now, not after every test ran
+            from deploybench.harness.gate.session import check_gate_options
+
+            check_gate_options(config)
     except DeployBenchError as exc:
         raise pytest.UsageError(f"deploybench: {exc}") from None
 

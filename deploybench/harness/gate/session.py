@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.gate.command import judge
-from deploybench.harness.gate.sources import worktrees
+from deploybench.harness.gate.sources import commit_of, worktrees
 from deploybench.harness.gate.verdict import GateSettings, Verdict, load_run
 from deploybench.spec import DeployBenchError, Result
 
@@ -79,6 +79,19 @@ def gate_session(results: list[Result], baseline: str | None, ref: str | None, a
     return judge(base_results, results, GateSettings(), label, "this session", threads=threads, log=log)
 
 
+def check_gate_options(config) -> None:
+    """Raise the one-line ``DeployBenchError`` of a ``--deploybench-gate`` file that cannot be read or a
+    ``--deploybench-gate-ref`` that is not a commit here, before the session measures anything."""
+    baseline = config.getoption("deploybench_gate", default=None)
+    ref = config.getoption("deploybench_gate_ref", default=None)
+    if baseline and ref:
+        raise DeployBenchError("give --deploybench-gate BASELINE or --deploybench-gate-ref REF, not both")
+    if baseline:
+        load_run(baseline)
+    if ref:
+        commit_of(ref, Path(config.invocation_params.dir))
+
+
 def gate_pytest_session(config, results: list[Result], settings, log: Callable[[str], Any]) -> list[Verdict]:
     """``gate_session`` with what a pytest ``config`` holds: ``--deploybench-gate``, ``--deploybench-gate-ref``,
     the session's arguments and folder, and the session's conversion cache and threads."""
@@ -90,4 +103,4 @@ def gate_pytest_session(config, results: list[Result], settings, log: Callable[[
                         str(Path(settings.cache_dir or default_cache_dir()).resolve()), settings.threads, log)
 
 
-__all__ = ["baseline_arguments", "baseline_from_ref", "gate_pytest_session", "gate_session"]
+__all__ = ["baseline_arguments", "baseline_from_ref", "check_gate_options", "gate_pytest_session", "gate_session"]

@@ -85,6 +85,12 @@ def _commit(ref: str, top: Path) -> str:
                                f"git fetch --depth=1 origin {ref})") from None
 
 
+def commit_of(ref: str, cwd: Path | str) -> str:
+    """The commit ``ref`` names in the repository around ``cwd``; a one-line error when there is none."""
+    top = Path(_git(["rev-parse", "--show-toplevel"], cwd=cwd))
+    return _commit(ref, top)
+
+
 @contextlib.contextmanager
 def worktrees(refs: Sequence[str], cwd: Path | str | None = None) -> Iterator[list[tuple[Path, str | None]]]:
     """[(folder, commit)] for each ref, in order: a temporary worktree of that commit of the repository
@@ -146,4 +152,4 @@ def open_sides(base: str, head: str, models: Sequence[str]) -> Iterator[tuple[Si
         yield Side("base", base, [base]), Side("head", head, [head])
 
 
-__all__ = ["Side", "WORKING_TREE", "classify", "git_sides", "open_sides", "worktrees"]
+__all__ = ["Side", "WORKING_TREE", "classify", "git_sides", "commit_of", "open_sides", "worktrees"]

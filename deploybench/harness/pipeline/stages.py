@@ -129,10 +129,11 @@ def measure_memory(session: ModelSession, cell: Cell, artifact: Artifact, settin
     result.load_rss_mb = memory.load_rss_mb
 
 
-def load(cell: Cell, artifact: Artifact, settings: RunSettings):
+def load(cell: Cell, artifact: Artifact, settings: RunSettings, **engine_options):
     from deploybench.engines import create_deployer
 
-    return create_deployer(artifact, backend=cell.backend, precision=cell.precision, threads=settings.threads)
+    return create_deployer(artifact, backend=cell.backend, precision=cell.precision, threads=settings.threads,
+                           **engine_options)
 
 
 def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: Result) -> None:
@@ -144,7 +145,6 @@ def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: 
     result.latency_ms, result.samples_ms = timing.stats, timing.samples_ms
     result.throughput_ips, result.unstable = timing.throughput_ips, timing.unstable
     result.stopped_by, result.warmup_count = timing.stopped_by, timing.warmup_count
-    result.extra.update(timing.extra)  # the median's interval and achieved precision, and the time cap
     if spec.task == "detection":
         from deploybench.harness.measure.detection import end_to_end_latency
 
