@@ -32,7 +32,7 @@ The verdict rule, on the ratio current/baseline with interval [low, high]: ``reg
 low > 1 + threshold/2 and high > 1 + threshold (surely slower, and possibly by the threshold or
 more); ``improvement`` symmetrically; ``unchanged`` when the whole interval lies within
 [1/(1+threshold), 1+threshold]; otherwise ``inconclusive``. Error rates of the interleaved mode,
-with CONFIDENCE 0.99 over four looks: a true ratio of 1 is a ``regression`` at most 0.5 % of the
+with CONFIDENCE 0.99 over five looks: a true ratio of 1 is a ``regression`` at most 0.5 % of the
 time, a true change of at least the threshold is ``unchanged`` at most 0.5 % of the time
 (Bonferroni over the looks, one side of each interval), assuming independent block ratios.
 """
