@@ -90,6 +90,7 @@ def compare_sources(base: Side, head: Side, backends: Sequence[str], precisions:
         base_results, _ = load_run(str(base.results_file))
         head_results, _ = load_run(str(head.results_file))
         check_overlap(base_results, head_results, base.label, head.label)
+        same = same_artifact_ids(shared_pairs(base_results, head_results))
     else:
         log(f"head {head.describe()}: building and measuring {', '.join(head.models)}")
         head_results = measure_side(head, backends, precisions, settings, formats, shard, verbose=verbose,
@@ -97,13 +98,13 @@ def compare_sources(base: Side, head: Side, backends: Sequence[str], precisions:
         log(f"base {base.describe()}: building")
         base_built = measure_side(base, backends, precisions, settings, formats, shard, measures=(),
                                   verbose=verbose, progress=progress)
-        if len(base.models) == 1 and base.models != head.models:  # two model files
+        renamed = len(base.models) == 1 and base.models != head.models  # two model files, two names
+        if renamed:
             base_built = _as_head_cells(base_built, head_results)
         check_overlap(base_built, head_results, f"base {base.describe()}", f"head {head.describe()}")
         same = same_artifact_ids(shared_pairs(base_built, head_results))
         changed = {r.cell.id for r in head_results if r.cell.id not in same}
         log(f"{len(same)} cell(s) with byte-identical artifacts; measuring the base side of {len(changed)}")
-        renamed = len(base.models) == 1 and base.models != head.models
         wanted = {_pairing_key(r.cell, renamed) for r in head_results if r.cell.id in changed}
         base_measured = measure_side(base, backends, precisions, settings, formats, shard,
                                      only=lambda cell: _pairing_key(cell, renamed) in wanted,
@@ -112,7 +113,7 @@ def compare_sources(base: Side, head: Side, backends: Sequence[str], precisions:
             base_measured = _as_head_cells(base_measured, head_results)
         measured_ids = {r.cell.id for r in base_measured}
         base_results = base_measured + [r for r in base_built if r.cell.id not in measured_ids]
-    same = same_artifact_ids(shared_pairs(base_results, head_results))
+    # the base cells measured since were converted again from the cache: the same files, hashed once
     pairs = [p for p in shared_pairs(base_results, head_results) if p[1].cell.id not in same]
     log(f"interleaving {len(pairs)} cell(s): both artifacts in one process, until the verdict is decided")
     found = interleave_pairs(pairs, gate, settings.threads, log=log, folders=(base.folder, head.folder),
