@@ -40,9 +40,12 @@ class InferenceEngine(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     # Python module whose import proves the backend is installed, and whose version is reported.
     requires: ClassVar[str] = ""
+    # True when the backend compiles for the input shapes it is given (``static_dims``) and runs a
+    # dynamic axis slower than a fixed one; False when the artifact's own shapes are what runs.
+    compiles_for_shapes: ClassVar[bool] = False
 
     def __init__(self, artifact: Artifact, precision: str | None = None, threads: int | None = None,
-                 **options: Any):
+                 static_dims: Mapping[str, int] | None = None, **options: Any):
         if artifact.format not in self.formats:
             raise DeployBenchError(
                 f"backend {self.backend!r} cannot run {artifact.format!r} artifact {artifact.path}; "
@@ -53,6 +56,9 @@ class InferenceEngine(abc.ABC):
             raise PrecisionNotSupported(
                 f"backend {self.backend!r} has no {self.precision!r} mode; it runs: {', '.join(self.precisions)}")
         self.threads = threads
+        # Sizes of the dynamic axes to compile for, as a deployment with a fixed input does; None keeps
+        # the axes dynamic. Then every call must bring exactly those shapes.
+        self.static_dims = dict(static_dims) if static_dims is not None else None
         self.options = options
         self.load_ms: float | None = None
         # What actually ran, when it differs from what was asked (ops left in fp32, a device fallback).
@@ -84,6 +90,7 @@ class InferenceEngine(abc.ABC):
             start = time.perf_counter()
             self._load_impl()
             self.load_ms = (time.perf_counter() - start) * 1e3
+            self._note_shapes()
             self._loaded = True
         return self
 
@@ -110,6 +117,23 @@ class InferenceEngine(abc.ABC):
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.artifact.outputs
+
+    def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """{input name: the shape compiled for} when ``static_dims`` was given, else None."""
+        if self.static_dims is None:
+            return None
+        return {t.name: t.concrete_shape(self.static_dims) for t in self.inputs}
+
+    def _note_shapes(self) -> None:
+        """Say in ``runtime_notes`` which shapes the backend compiled for: a cell records what ran."""
+        static = self.static_shapes()
+        if not self.compiles_for_shapes:
+            self.runtime_notes["shapes"] = "as the artifact declares them"
+        elif static is None or not any(t.dynamic_axes for t in self.inputs):
+            self.runtime_notes["shapes"] = "dynamic" if any(t.dynamic_axes for t in self.inputs) else "static"
+        else:
+            self.runtime_notes["shapes"] = "static " + ", ".join(
+                f"{name} {'x'.join(map(str, shape))}" for name, shape in static.items())
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -139,11 +163,16 @@ class InferenceEngine(abc.ABC):
             raise DeployBenchError(f"{self.artifact.path.name} takes inputs {sorted(specs)}; "
                                    f"got {sorted(inputs)}")
         feed = {}
+        static = self.static_shapes() if self.compiles_for_shapes else None
         for name, spec in specs.items():
             array = np.asarray(inputs[name])
             if not spec.accepts(array.shape):
                 raise DeployBenchError(f"input {name!r} of {self.artifact.path.name} has shape {list(array.shape)}; "
                                        f"it takes {list(spec.shape)}")
+            if static is not None and tuple(array.shape) != static[name]:
+                raise DeployBenchError(f"input {name!r} has shape {list(array.shape)}, but {self.backend} compiled "
+                                       f"{self.artifact.path.name} for {list(static[name])}: load it with the "
+                                       "static_dims of the inputs you pass, or static_dims=None for dynamic axes")
             want = np.float32 if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
             if array.dtype != want:
                 if np.issubdtype(array.dtype, np.floating) != np.issubdtype(want, np.floating):

@@ -29,6 +29,7 @@ class OnnxRuntimeEngine(InferenceEngine):
     formats = ("onnx",)
     precisions = ("fp32", "fp16", "int8")
     requires = "onnxruntime"
+    compiles_for_shapes = True
 
     def __init__(self, artifact, precision=None, threads=None, **options: Any):
         super().__init__(artifact, precision=precision, threads=threads, **options)
@@ -60,6 +61,9 @@ class OnnxRuntimeEngine(InferenceEngine):
         spinning = bool(self.options.get("spinning", True))
         if not spinning:
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A named dynamic axis fixed to its size lets the graph optimizer plan for known shapes.
+        for axis, size in sorted(self._fixed_axes().items()):
+            session_options.add_free_dimension_override_by_name(axis, size)
         providers = list(self.options.get("providers", PROVIDERS))
         try:
             self._session = ort.InferenceSession(str(self.artifact.path), sess_options=session_options,
@@ -79,6 +83,13 @@ class OnnxRuntimeEngine(InferenceEngine):
         elif self.precision == "int8":
             self.runtime_notes["precision_ran"] = ("int8 QDQ: quantized ops run int8 kernels, ops without one "
                                                    "run fp32 between DequantizeLinear/QuantizeLinear")
+
+    def _fixed_axes(self) -> dict[str, int]:
+        """{dim_param: size} of the dynamic axes ``static_dims`` fixes."""
+        shapes = self.static_shapes()
+        if shapes is None:
+            return {}
+        return {name: shapes[t.name][axis] for t in self.inputs for axis, name in t.dynamic_axes.items()}
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
         try:

@@ -35,6 +35,7 @@ class OpenVINOEngine(InferenceEngine):
     formats = ("openvino", "onnx")
     precisions = ("fp32", "fp16", "bf16", "int8")
     requires = "openvino"
+    compiles_for_shapes = True
 
     def __init__(self, artifact, precision=None, threads=None, **options: Any):
         super().__init__(artifact, precision=precision, threads=threads, **options)
@@ -72,6 +73,7 @@ class OpenVINOEngine(InferenceEngine):
         device = self.options.get("device", "CPU")
         try:
             model = core.read_model(str(path))
+            self._reshape(model)
             self._compiled = core.compile_model(model, device, config)
         except Exception as exc:
             raise DeployBenchError(f"openvino cannot load {path}: {type(exc).__name__}: {exc}"
@@ -97,6 +99,20 @@ class OpenVINOEngine(InferenceEngine):
             self.runtime_notes["precision_ran"] = ran
         self._request = self._compiled.create_infer_request()
         self._bind_ports()
+
+    def _reshape(self, model) -> None:
+        """Fix the dynamic axes to ``static_dims`` before compiling: a model compiled with a dynamic batch
+        ran 1.35x slower than the same IR compiled static (as ``benchmark_app -shape`` does)."""
+        static = self.static_shapes()
+        if static is None or not any(t.dynamic_axes for t in self.inputs):
+            return
+        import openvino as ov
+
+        shapes = {}
+        for i, spec in enumerate(self.inputs):
+            port = next((p for p in model.inputs if spec.name in p.get_names()), model.inputs[i])
+            shapes[port] = ov.PartialShape(list(static[spec.name]))
+        model.reshape(shapes)
 
     def _bind_ports(self) -> None:
         """Match the artifact's tensor names to the compiled model's ports (by name, else by position)."""

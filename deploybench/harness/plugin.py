@@ -138,7 +138,8 @@ class DeployBenchState:
             for model, (info, worker) in zip(models, opened):
                 self.models[info.name], self.infos[info.name], self.workers[info.name] = model, info, worker
             cells = plan_cells(self.infos.values(), self.list_option("backends", run_options.DEFAULT_BACKENDS),
-                               self.list_option("precisions", run_options.DEFAULT_PRECISIONS))
+                               self.list_option("precisions", run_options.DEFAULT_PRECISIONS),
+                               sweep=self.settings.sweep)
             shard = self.option("shard")
             self._planned = select_shard(cells, *parse_shard(shard)) if shard else cells
         return self._planned
@@ -293,11 +294,11 @@ def deploybench_result(cell, deploybench_state):
 def _here(state: DeployBenchState, cell, key: str, make):
     if (cell.id, key) not in state.in_process:
         from deploybench.harness.pipeline.stages import CellStopped, one_line
-        from deploybench.spec import PrecisionNotSupported
+        from deploybench.spec import NotSupported
 
         try:
             state.in_process[(cell.id, key)] = make()
-        except (CellStopped, PrecisionNotSupported) as stop:
+        except (CellStopped, NotSupported) as stop:
             pytest.skip(f"{cell.id}: {getattr(stop, 'reason', None) or one_line(stop)}")
         except Exception as exc:
             pytest.fail(f"{cell.id}: {key}: {one_line(exc)}", pytrace=False)
@@ -319,9 +320,9 @@ def model_spec(cell, deploybench_state):
 
 
 @pytest.fixture
-def inputs(model_spec, deploybench_settings):
-    """Seeded inputs of the model, the same ones the pipeline measures every backend on."""
-    return model_spec.make_inputs(seed=deploybench_settings.seed, dims=deploybench_settings.dims)
+def inputs(cell, model_spec, deploybench_settings):
+    """Seeded inputs of the model at the cell's sizes, the same ones the pipeline measures every backend on."""
+    return model_spec.make_inputs(seed=deploybench_settings.seed, dims=deploybench_settings.for_cell(cell).dims)
 
 
 @pytest.fixture
@@ -338,11 +339,14 @@ def artifact(cell, model_spec, deploybench_state):
 
 
 @pytest.fixture
-def engine(cell, artifact, deploybench_state):
-    """A loaded ``InferenceEngine`` of the cell in this process, built once and closed at session end."""
+def engine(cell, model_spec, artifact, deploybench_state):
+    """A loaded ``InferenceEngine`` of the cell in this process (compiled for the cell's shape as the pipeline
+    does), built once and closed at session end."""
     from deploybench.harness.pipeline import stages
 
-    return _here(deploybench_state, cell, "engine", lambda: stages.load(cell, artifact, deploybench_state.settings))
+    settings = deploybench_state.settings.for_cell(cell)
+    return _here(deploybench_state, cell, "engine", lambda: stages.load(
+        cell, artifact, settings, **stages.compile_options(cell, model_spec, settings)))
 
 
 # ---------------------------------------------------------------------------------------------

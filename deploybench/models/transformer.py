@@ -16,11 +16,11 @@ from ..spec import ModelSpec, TensorSpec
 from ._data import cached_weights, one_training_thread
 
 VOCAB = 16
-MAX_LENGTH = 128
+MAX_LENGTH = 512
 SEQ_LENGTH = 32
 
 TRAINING_RECIPE = {
-    "model": "tiny_transformer", "version": 1, "seed": 0, "vocab": VOCAB, "max_length": MAX_LENGTH,
+    "model": "tiny_transformer", "version": 2, "seed": 0, "vocab": VOCAB, "max_length": MAX_LENGTH,
     "width": 64, "heads": 4, "layers": 2, "mlp": 128,
     "steps": 150, "batch_size": 64, "lengths": [16, 32, 48], "lr": 0.003, "weight_decay": 0.01,
 }

@@ -51,7 +51,7 @@ def measure_side(side: Side, backends: Sequence[str], precisions: Sequence[str],
     opened = open_workers(side.models, settings, verbose, folder=side.folder)
     try:
         cells = plan_cells([info for info, _ in opened], list(backends), list(precisions), formats=formats,
-                           include_unsupported=True)
+                           include_unsupported=True, sweep=settings.sweep)
         if shard is not None:
             cells = select_shard(cells, *shard)
         if only is not None:

@@ -82,7 +82,7 @@ def measure(request: dict) -> dict:
         artifact = torch_artifact(spec, precision=request["precision"])
     baseline = _rss_mb()
     engine = create_deployer(artifact, backend=backend, precision=request["precision"],
-                             threads=request.get("threads"))
+                             threads=request.get("threads"), static_dims=request.get("static_dims"))
     load_rss = _rss_mb()
     peak_sampled = load_rss
     outputs = {}

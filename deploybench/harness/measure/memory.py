@@ -57,13 +57,15 @@ class Memory:
 
 def benchmark_memory_usage(artifact_or_ref: Artifact | str | Path, backend: str, precision: str, inputs,
                            threads: int | None = None, runs: int = 10, timeout_s: float = DEFAULT_TIMEOUT_S,
-                           model_source: ModelSource | str | None = None) -> Memory:
+                           model_source: ModelSource | str | None = None,
+                           static_dims: dict[str, int] | None = None) -> Memory:
     """Return a ``Memory`` (peak/baseline/load RSS in MB, status, reason) of a fresh child process.
 
     ``artifact_or_ref`` is an ``Artifact``, an artifact path, or for the torch backend a model ref
     (zoo name or ``file.py:factory@shape``) the child rebuilds. A torch artifact with no file (a
     model built in memory) needs ``model_source`` (a ``ModelSource`` or a ref): the child builds the
-    same model from it. ``inputs`` is an array or a mapping name -> array. A child killed by a
+    same model from it. ``static_dims`` compiles for the inputs' shape as the timed engine does
+    (``InferenceEngine.static_dims``). ``inputs`` is an array or a mapping name -> array. A child killed by a
     signal is ``failed`` with the signal's name in the reason; one still running after ``timeout_s``
     is killed with its process group and is ``timeout``.
     """
@@ -71,7 +73,8 @@ def benchmark_memory_usage(artifact_or_ref: Artifact | str | Path, backend: str,
         raise DeployBenchError(f"runs {runs} must be at least 1, e.g. 10")
     if isinstance(model_source, str):
         model_source = ModelSource(ref=model_source)
-    request: dict[str, Any] = {"backend": backend, "precision": precision, "threads": threads, "runs": runs}
+    request: dict[str, Any] = {"backend": backend, "precision": precision, "threads": threads, "runs": runs,
+                               "static_dims": static_dims}
     if isinstance(artifact_or_ref, Artifact):
         request["artifact"] = _artifact_payload(artifact_or_ref)
     elif backend == "torch" and not Path(str(artifact_or_ref)).exists():

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deploybench.harness.pipeline.stages import one_line
-from deploybench.spec import DeployBenchError, PrecisionNotSupported
+from deploybench.spec import DeployBenchError, NotSupported, PrecisionNotSupported, ShapeNotSupported
 
 HEADER = struct.Struct("!Q")
 # How often a waiting reader lets its caller look at the worker (its memory) when asked to.
@@ -29,14 +29,21 @@ def send_frame(stream, message: Any) -> None:
     stream.flush()
 
 
+# The kinds of error that cross the boundary as themselves: a skip stays a skip, a usage error one line.
+_KINDS = {"skip": PrecisionNotSupported, "skip-shape": ShapeNotSupported, "skip-other": NotSupported,
+          "usage": DeployBenchError}
+
+
 def error_frame(exc: BaseException) -> tuple[str, str, str]:
-    kind = "skip" if isinstance(exc, PrecisionNotSupported) else "usage" if isinstance(exc, DeployBenchError) \
-        else "error"
+    kind = next((name for name, cls in _KINDS.items() if type(exc) is cls), None)
+    if kind is None:
+        kind = "skip-other" if isinstance(exc, NotSupported) else "usage" if isinstance(exc, DeployBenchError) \
+            else "error"
     return ("error", kind, one_line(exc))
 
 
 def rebuild_error(kind: str, message: str) -> DeployBenchError:
-    return {"skip": PrecisionNotSupported, "usage": DeployBenchError}.get(kind, WorkerError)(message)
+    return _KINDS.get(kind, WorkerError)(message)
 
 
 class FrameReader:

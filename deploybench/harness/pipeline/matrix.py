@@ -160,7 +160,7 @@ def run_matrix(models, backends: Sequence[str] = DEFAULT_BACKENDS, precisions: S
     opened = open_workers(models, settings, verbose)
     try:
         cells = plan_cells([info for info, _ in opened], list(backends), list(precisions), formats=formats,
-                           include_unsupported=True)
+                           include_unsupported=True, sweep=settings.sweep)
         if shard is not None:
             cells = select_shard(cells, *shard)
         done = {r.cell.id: r for r in resume}

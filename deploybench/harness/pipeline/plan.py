@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from deploybench.spec import PRECISIONS, Cell, DeployBenchError, ModelSpec
+from deploybench.spec import PRECISIONS, STATIC, Cell, DeployBenchError, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ def cell_formats(model: ModelInfo, backend: str) -> tuple[str, ...]:
 
 
 def plan_cells(models: Iterable[ModelInfo | ModelSpec], backends: Sequence[str], precisions: Sequence[str],
-               formats: Sequence[str] | None = None, include_unsupported: bool = False) -> list[Cell]:
-    """Every compatible cell, in model / backend / format / precision order.
+               formats: Sequence[str] | None = None, include_unsupported: bool = False, sweep=None) -> list[Cell]:
+    """Every compatible cell, in model / backend / format / precision order, each at every combination of
+    ``sweep`` (a ``settings.Sweep``: batch sizes, dims, threads, shapes) when given.
 
     Precisions a backend's engine class does not offer are left out, unless ``include_unsupported``:
     then they stay, for the pipeline to report as skipped with the reason (a full matrix shows every
@@ -86,7 +87,21 @@ def plan_cells(models: Iterable[ModelInfo | ModelSpec], backends: Sequence[str],
                     continue
                 cells.extend(Cell(info.name, fmt, backend, precision) for precision in precisions
                              if include_unsupported or precision in offered)
-    return list(dict.fromkeys(cells))
+    cells = list(dict.fromkeys(cells))
+    if sweep is None:
+        return cells
+    # A backend that runs the artifact's own shapes has no dynamic variant: it would measure the same twice.
+    compiles = {backend: _compiles_for_shapes(backend) for backend in backends}
+    return [c for c in sweep.expand(cells) if c.shapes == STATIC or compiles[c.backend]]
+
+
+def _compiles_for_shapes(backend: str) -> bool:
+    from deploybench.engines import engine_class
+
+    try:
+        return bool(engine_class(backend).compiles_for_shapes)
+    except Exception:  # a broken engine module plans no cell anyway
+        return False
 
 
 def select_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
 from deploybench.harness.measure.timing import TimingRules
-from deploybench.spec import PRECISIONS, DeployBenchError
+from deploybench.spec import PRECISIONS, SCENARIOS, SINGLE_STREAM, STATIC, Cell, DeployBenchError
 
 # What a run measures when nothing is named (the CLI's defaults and the pytest plugin's).
 DEFAULT_MODELS = ("digits_cnn",)
@@ -42,11 +43,50 @@ class MemoryRules:
             raise DeployBenchError(f"memory runs {self.runs} must be at least 1, e.g. 10")
 
 
+SHAPES = ("static", "dynamic")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What each planned cell is measured at; every combination is a cell of its own (``Cell.dims``,
+    ``threads``, ``shapes``, ``scenario``). Empty: one plain cell, at the model's default sizes."""
+
+    batch_sizes: tuple[int, ...] = ()
+    dims: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (("seq", (16, 64, 256)),)
+    threads: tuple[int, ...] = ()
+    shapes: tuple[str, ...] = (STATIC,)
+    scenarios: tuple[str, ...] = (SINGLE_STREAM,)
+
+    def __post_init__(self):
+        sizes = [*self.batch_sizes, *self.threads, *(n for _, values in self.dims for n in values)]
+        if any(not isinstance(n, int) or n < 1 for n in sizes):
+            raise DeployBenchError(f"sweep sizes {sizes} must be positive integers, e.g. --batch-sizes 1,8,32")
+        for kind, values, known in (("shapes", self.shapes, SHAPES), ("scenario", self.scenarios, SCENARIOS)):
+            unknown = [v for v in values if v not in known]
+            if unknown or not values:
+                raise DeployBenchError(f"unknown {kind} {unknown or values!r}; choose from: {', '.join(known)}")
+        if "batch" in dict(self.dims) and self.batch_sizes:
+            raise DeployBenchError("the batch is swept twice: use --batch-sizes or --dims batch=..., not both")
+
+    def variants(self) -> list[dict[str, Any]]:
+        """The keyword arguments of ``Cell`` for each combination, in sweep order."""
+        axes = ([("batch", self.batch_sizes)] if self.batch_sizes else []) + list(self.dims)
+        dims_options = list(itertools.product(*[[(name, n) for n in values] for name, values in axes]))
+        return [dict(dims=dims, threads=threads, shapes=shapes, scenario=scenario)
+                for dims in dims_options for threads in (self.threads or (0,))
+                for shapes in self.shapes for scenario in self.scenarios]
+
+    def expand(self, cells: list[Cell]) -> list[Cell]:
+        """Each planned cell at every combination of the sweep."""
+        return [dataclasses.replace(cell, **variant) for cell in cells for variant in self.variants()]
+
+
 @dataclass
 class RunSettings:
     """Everything that decides how the cells of a run are measured. Validated on creation.
 
-    ``threads`` None lets each backend choose; ``dims`` sets the size of dynamic axes ({"batch": 8});
+    ``threads`` None lets each backend choose; ``dims`` sets the size of dynamic axes ({"batch": 8}) and a
+    cell's own ``dims`` and ``threads`` (a ``sweep``) win over both;
     ``tolerances`` overrides the accuracy tolerances per precision ({"int8": {"top1_agreement": 0.97}});
     ``timeout_s`` bounds each stage of a cell; ``max_memory_mb`` the resident memory of a model's worker
     and everything it started; ``in_process`` runs model code in this process (for a debugger): a
@@ -63,6 +103,7 @@ class RunSettings:
     max_memory_mb: float | None = None
     cache_dir: str | None = None
     in_process: bool = False
+    sweep: Sweep = field(default_factory=Sweep)
 
     def __post_init__(self):
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -83,6 +124,12 @@ class RunSettings:
             if bad_keys:
                 raise DeployBenchError(f"unknown tolerance key(s) {sorted(bad_keys)} for {precision}; use "
                                        f"{', '.join(TOLERANCE_KEYS)} (or top1, cos, metric)")
+
+    def for_cell(self, cell: Cell) -> RunSettings:
+        """These settings with the cell's own dims and threads applied."""
+        if not cell.dims and not cell.threads:
+            return self
+        return dataclasses.replace(self, dims={**self.dims, **cell.dim_sizes}, threads=cell.threads or self.threads)
 
     def tolerance_overrides(self, precision: str, model_tolerances: Mapping[str, Mapping[str, float]]
                             ) -> dict[str, float]:
@@ -128,6 +175,33 @@ positive_int = _positive(int, "whole number", at_least_one=True)
 positive_float = _positive(float, "number", at_least_one=False)
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32), each at least 1 and none twice (an argparse type)."""
+    values = tuple(positive_int(part.strip()) for part in str(text).split(",") if part.strip())
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: write distinct whole numbers joined by commas, e.g. 1,8,32")
+    return values
+
+
+def parse_dim_sweep(text: str) -> tuple[str, tuple[int, ...]]:
+    """'seq=16,64,256' -> ('seq', (16, 64, 256)): a dynamic axis and the sizes to measure it at."""
+    name, _, sizes = str(text).partition("=")
+    if not name.strip() or not sizes:
+        raise argparse.ArgumentTypeError(f"{text!r}: write an axis name and its sizes, e.g. seq=16,64,256")
+    return name.strip(), positive_ints(sizes)
+
+
+def _choices(known: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(part.strip() for part in str(text).split(",") if part.strip())
+        unknown = [v for v in values if v not in known]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(known)} (comma-separated)")
+        return values
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting's command-line option: its flags on the CLI and under pytest, and argparse keywords."""
@@ -144,8 +218,20 @@ class Option:
 _TIMING, _MEMORY = TimingRules(), MemoryRules()
 
 OPTIONS: tuple[Option, ...] = (
-    Option(("--threads",), ("--threads",), dict(dest="threads", type=positive_int, default=None,
-                                                 help="threads per backend (default: the backend's own)")),
+    Option(("--threads",), ("--threads",), dict(
+        dest="threads", type=positive_ints, default=None, metavar="N[,N...]",
+        help="threads per backend (default: the backend's own); several, e.g. 1,2, measure each cell at each")),
+    Option(("--batch-sizes",), ("--batch-sizes",), dict(
+        dest="batch_sizes", type=positive_ints, default=None, metavar="N[,N...]",
+        help="measure each cell at these batch sizes, e.g. 1,8,32 (ids end in -b8); a file fixed to another "
+             "batch is a skipped cell")),
+    Option(("--dims",), ("--dims",), dict(
+        dest="dims", type=parse_dim_sweep, action="append", default=None, metavar="AXIS=N[,N...]",
+        help="measure each cell at these sizes of a named dynamic axis, e.g. seq=16,64,256 (repeatable)")),
+    Option(("--shapes",), ("--shapes",), dict(
+        dest="shapes", type=_choices(SHAPES), default=None, metavar="static|dynamic",
+        help="static (default): compile for the measured input shape, as a deployment with a fixed input "
+             "does; dynamic: keep the artifact's dynamic axes (ids end in -dynamic); static,dynamic: both")),
     Option(("--seed",), ("--deploybench-seed",), dict(dest="seed", type=int, default=0,
                                                        help="seed of the generated inputs (default: 0)")),
     Option(("--min-time",), ("--min-time",), dict(
@@ -202,6 +288,16 @@ def pyproject_defaults(root: Path) -> dict[str, Any]:
     return dict(data.get("tool", {}).get("deploybench", {}) or {})
 
 
+def _sizes(value, what: str) -> tuple[int, ...]:
+    """Sizes as given on a command line ('1,8'), or in ``[tool.deploybench]`` (8, or [1, 8])."""
+    if value is None or isinstance(value, tuple):
+        return value or ()
+    try:
+        return positive_ints(",".join(map(str, value)) if isinstance(value, list) else str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise DeployBenchError(f"bad {what}: {exc}") from None
+
+
 def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
     """``RunSettings`` from option values; ``get(dest)`` returns a value or None when not given.
 
@@ -213,8 +309,15 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         return defaults[dest] if given is None else given
 
     min_time, max_time = float(value("min_time")), float(value("max_time"))
+    threads = _sizes(value("threads"), "threads")
+    dims = value("dims") or ()
+    dims = tuple((name, _sizes(sizes, name)) for name, sizes in (dims.items() if isinstance(dims, Mapping) else dims))
+    shapes = value("shapes") or (STATIC,)
+    sweep = Sweep(batch_sizes=_sizes(value("batch_sizes"), "batch sizes"), dims=dims,
+                  threads=threads if len(threads) > 1 else (),
+                  shapes=_choices(SHAPES)(shapes) if isinstance(shapes, str) else tuple(shapes))
     return RunSettings(
-        threads=value("threads"), seed=int(value("seed")),
+        threads=threads[0] if len(threads) == 1 else None, seed=int(value("seed")), sweep=sweep,
         timing=TimingRules(min_samples=int(value("min_samples")), min_time_s=min_time,
                            max_time_s=max(max_time, min_time)),
         memory=MemoryRules(enabled=not value("no_memory")),
@@ -223,5 +326,5 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         cache_dir=str(value("cache_dir")) if value("cache_dir") else None, in_process=bool(value("in_process")))
 
 
-__all__ = ["DEFAULT_BACKENDS", "DEFAULT_MODELS", "DEFAULT_PRECISIONS", "DEFAULT_STAGE_TIMEOUT_S", "MemoryRules", "OPTIONS", "RunSettings", "TimingRules", "add_options",
-           "parse_tolerances", "positive_float", "positive_int", "settings_from_options"]
+__all__ = ["DEFAULT_BACKENDS", "DEFAULT_MODELS", "DEFAULT_PRECISIONS", "DEFAULT_STAGE_TIMEOUT_S", "MemoryRules", "OPTIONS", "RunSettings", "SHAPES", "Sweep", "TimingRules", "add_options",
+           "parse_dim_sweep", "parse_tolerances", "positive_float", "positive_int", "positive_ints", "settings_from_options"]

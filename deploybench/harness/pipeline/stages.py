@@ -7,7 +7,7 @@ cell (``Result.stage``). It runs where model code may run: in a worker process (
 the caller's process with ``--in-process``. ``deploybench run``, the pytest plugin and the gate all
 reach it through a worker; nothing else converts, loads or times a cell.
 
-What stops a cell: ``PrecisionNotSupported`` (from a converter or an engine) is a skip; a backend
+What stops a cell: ``NotSupported`` (a precision or a shape a converter or an engine cannot take) is a skip; a backend
 that cannot run here is a skip; any other error fails the cell with its one-line reason. A crash or
 a hang is seen by the worker's parent, which names the stage it was in.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.resolve import ModelSource
-from deploybench.spec import (STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
-                              PrecisionNotSupported, Result, ToleranceCheck)
+from deploybench.spec import (STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
+                              NotSupported, PrecisionNotSupported, Result, ShapeNotSupported, ToleranceCheck)
 
 # What a cell can be asked to measure; the pytest plugin asks only for what its selected tests need.
 TIME, MEMORY, ACCURACY = "time", "memory", "accuracy"
@@ -99,6 +99,32 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
     return deploy_model(spec, cell.format, output_dir=settings.cache_dir, precision=cell.precision)
 
 
+def check_shape(spec: ModelSpec, cell: Cell, artifact: Artifact, settings: RunSettings) -> None:
+    """A cell asking for an axis the model does not have, or a size its artifact cannot take (a TFLite file
+    fixed to batch 1), is a skip that says which."""
+    axes = {name for t in spec.inputs for name in t.dynamic_axes.values()}
+    missing = [name for name in cell.dim_sizes if name not in axes]
+    if missing:
+        raise ShapeNotSupported(f"{spec.name} has no dynamic axis {', '.join(map(repr, missing))}; its dynamic axes: "
+                                f"{', '.join(sorted(axes)) or 'none'}")
+    dims = {**spec.dims, **settings.dims}
+    for want, took in ((t, next((a for a in artifact.inputs if a.name == t.name), None)) for t in spec.inputs):
+        shape = want.concrete_shape(dims)
+        if took is not None and not took.accepts(shape):
+            raise ShapeNotSupported(f"{artifact.path.name} takes {took.name} {list(took.shape)}; this cell measures "
+                                    f"{list(shape)} ({', '.join(f'{k}={v}' for k, v in cell.dims) or 'default sizes'})")
+
+
+def compile_options(cell: Cell, spec: ModelSpec, settings: RunSettings) -> dict[str, Any]:
+    """The engine options that make a backend compile for the cell's shape (``shapes`` static), for a
+    backend that compiles for shapes; nothing for one that runs the artifact's own shapes."""
+    from deploybench.engines import engine_class
+
+    if cell.shapes != STATIC or not engine_class(cell.backend).compiles_for_shapes:
+        return {}
+    return {"static_dims": {**spec.dims, **settings.dims}}
+
+
 def record_artifact(artifact: Artifact, started: float, result: Result) -> None:
     on_disk = bool(artifact.files) and artifact.path.exists()
     result.conversion_s = artifact.conversion_s or (0.0 if artifact.cached else time.perf_counter() - started)
@@ -122,7 +148,8 @@ def measure_memory(session: ModelSession, cell: Cell, artifact: Artifact, settin
             return
     memory = benchmark_memory_usage(artifact, cell.backend, cell.precision, inputs, threads=settings.threads,
                                     runs=settings.memory.runs, timeout_s=settings.timeout_s,
-                                    model_source=source if cell.format == "torch" else None)
+                                    model_source=source if cell.format == "torch" else None,
+                                    **compile_options(cell, session.spec, settings))
     if not memory.ok:
         raise CellStopped(memory.status, memory.reason)
     result.peak_rss_mb, result.baseline_rss_mb = memory.peak_rss_mb, memory.baseline_rss_mb
@@ -174,6 +201,7 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
     ``measures`` picks what to measure (time, memory, accuracy); ``on_stage(name)`` is called as
     each stage starts, so a process watching from outside knows where a crash or hang happened.
     """
+    settings = settings.for_cell(cell)
     result = Result(cell=cell, seed=settings.seed, model_ref=session.source.ref if session.source else None,
                     isolation=session.isolation)
     stage = ""
@@ -192,13 +220,14 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
         started = time.perf_counter()
         artifact = convert(session.spec, cell, settings)
         record_artifact(artifact, started, result)
+        check_shape(session.spec, cell, artifact, settings)
         inputs = session.inputs(settings)
         if MEMORY in measures and settings.memory.enabled:
             enter("memory")
             measure_memory(session, cell, artifact, settings, inputs, result)
         if TIME in measures or ACCURACY in measures:
             enter("load")
-            engine = load(cell, artifact, settings)
+            engine = load(cell, artifact, settings, **compile_options(cell, session.spec, settings))
             result.load_ms = engine.load_ms
             enter("first_inference")
             from deploybench.harness.measure.timing import time_first_inference
@@ -217,7 +246,7 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
             result.extra["runtime_notes"] = dict(engine.runtime_notes)
     except CellStopped as stop:
         result.not_run(stop.status, stage, stop.reason if stop.status == STATUS_SKIPPED else f"{stage}: {stop.reason}")
-    except PrecisionNotSupported as exc:
+    except NotSupported as exc:
         result.not_run(STATUS_SKIPPED, stage, one_line(exc))
     except Exception as exc:
         result.not_run(STATUS_FAILED, stage, f"{stage}: {one_line(exc)}")
@@ -231,4 +260,4 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
 
 
 __all__ = ["ACCURACY", "MEASURES", "MEMORY", "TIME", "CellStopped", "ModelSession", "check_availability",
-           "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "time_engine"]
+           "check_shape", "compile_options", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "time_engine"]

@@ -10,7 +10,7 @@ the worker's stderr, which goes to a log) and hears each stage as it starts, so 
 crashes or hangs, the cell fails with the signal or the limit AND the stage. A crash while resolving
 the model or running its reference fails the model's remaining cells; a crash in any other stage
 fails that cell, and the next cell starts a fresh worker. Errors keep their kind across the pipe: a
-``PrecisionNotSupported`` is still a skip, a ``DeployBenchError`` still one clear line.
+``NotSupported`` (a precision or a shape) is still a skip, a ``DeployBenchError`` still one clear line.
 
 ``InProcessWorker`` is the same interface without the process (``--in-process``), for a debugger.
 

@@ -4,6 +4,7 @@ the terminal table built from them. Markdown and HTML lay out the same rows."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,11 @@ DETECTOR_LEGEND = ("mAP Δ: map50 minus the reference's (negative: the cell lost
 
 
 def model_key(result: Result) -> str:
-    """The group a cell is shown in: its model, and its machine in a merged matrix (speeds of two
-    machines are not compared)."""
-    return f"{result.cell.model} @ {result.machine_id}" if result.machine_id else result.cell.model
+    """The group a cell is shown in: its model at its sizes, threads and scenario (``resnet18 b8 t2``: a
+    batch of 8 is not compared with a batch of 1 by latency), and its machine in a merged matrix
+    (speeds of two machines are not compared)."""
+    name = " ".join(filter(None, (result.cell.model, result.cell.variant)))
+    return f"{name} @ {result.machine_id}" if result.machine_id else name
 
 
 @dataclass
@@ -51,11 +54,16 @@ def model_groups(results: Iterable[Result]) -> list[ModelGroup]:
         if r.ok:
             grouped.setdefault(model_key(r), []).append(r)
     groups = []
-    for name, rows in sorted(grouped.items()):
+    for name, rows in sorted(grouped.items(), key=lambda item: _natural(item[0])):
         rows.sort(key=lambda r: (r.cell.format, r.cell.backend, r.cell.precision))
         reference = next((r.accuracy.reference for r in rows if r.accuracy and r.accuracy.reference), None)
         groups.append(ModelGroup(name, rows, best_cell(rows), reference))
     return groups
+
+
+def _natural(text: str) -> list:
+    """'resnet18 b8' before 'resnet18 b32': numbers in a name compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def best_cells(results: Iterable[Result]) -> dict[str, Result]:

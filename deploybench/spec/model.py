@@ -1,21 +1,7 @@
-"""The small dataclasses every room of deploybench shares.
-
-Vocabulary (one meaning each, everywhere):
-  model      a source network plus what it needs to run (``ModelSpec``)
-  format     an artifact on disk (``Artifact.format``): torch, onnx, openvino, tflite, coreml, tensorrt
-  backend    a runtime that executes a format: torch, onnxruntime, openvino, tflite, coreml, tensorrt
-  precision  numeric mode of a cell: fp32, fp16, bf16, int8
-  cell       one (model, format, backend, precision)
-  result     what a cell measured (``Result``)
-  matrix     all cells of a run
-
-This module imports nothing heavy: numpy only. PyTorch is imported lazily by ``ModelSpec.build``.
-"""
+"""What a model is and what a converter makes of it: tensors, models, artifacts; the project's errors."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +14,16 @@ class DeployBenchError(Exception):
     """The one project error: its message is one line that names the thing that is wrong and the fix."""
 
 
-class PrecisionNotSupported(DeployBenchError):
-    """A format or backend cannot express the asked precision: nothing is broken, the cell is skipped."""
+class NotSupported(DeployBenchError):
+    """A cell asks for what this format, backend or CPU cannot do: nothing is broken, the cell is skipped."""
+
+
+class PrecisionNotSupported(NotSupported):
+    """A format or backend cannot express the asked precision."""
+
+
+class ShapeNotSupported(NotSupported):
+    """An artifact or backend cannot take the cell's input shape (a TFLite file fixed to batch 1)."""
 
 
 # The built-in formats and backends are registered in ``converters.CONVERTERS`` and ``engines.ENGINES``;
@@ -239,179 +233,3 @@ class Artifact:
             files=tuple(Path(f) for f in data.get("files", ())), conversion_s=data.get("conversion_s", 0.0),
             metadata=dict(data.get("metadata", {})),
         )
-
-
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One (model, format, backend, precision). Its id reads ``resnet18-onnx-openvino-fp32``."""
-
-    model: str
-    format: str
-    backend: str
-    precision: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-{self.format}-{self.backend}-{self.precision}"
-
-    def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class LatencyStats:
-    """Steady-state latency in milliseconds over ``n`` samples."""
-
-    n: int
-    mean: float
-    median: float
-    p90: float
-    p95: float
-    p99: float
-    min: float
-    max: float
-    stdev: float
-    cv: float
-    iqr: float
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class Accuracy:
-    """Agreement of a cell's outputs with the reference, and the task metric on held-out data."""
-
-    max_abs_error: float | None = None
-    mean_abs_error: float | None = None
-    max_rel_error: float | None = None
-    cosine: float | None = None
-    top1_agreement: float | None = None
-    metric: str | None = None
-    metric_value: float | None = None
-    atol_to_pass: float | None = None
-    rtol_to_pass: float | None = None
-    reference: str | None = None  # which run the errors are against, e.g. "torch fp32"
-    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class ToleranceCheck:
-    """Whether a cell's accuracy met its precision's tolerance, and the figures that decided it."""
-
-    passed: bool
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "message": self.message}
-
-
-# The pipeline stages, in order: a cell that did not end ``ok`` names the stage that stopped it.
-STAGES = ("resolve", "reference", "availability", "convert", "memory", "load", "first_inference", "time",
-          "accuracy")
-
-# Typed fields that results files of deploybench 0.1.0 kept in ``extra``: read from there when absent.
-_FIELDS_ONCE_IN_EXTRA = ("backend_version", "precision_ran", "stopped_by", "warmup_count", "load_rss_mb",
-                         "model_ref", "artifact_path", "seed", "machine_id")
-
-
-@dataclass
-class Result:
-    """What one cell measured. ``status`` is ok / skipped / failed / timeout, with ``reason`` and the
-    ``stage`` of the pipeline that ended it.
-
-    ``throughput_ips`` is items per second over the wall time of the timed loop (batch x calls /
-    seconds), the same figure from every entry point. ``model_ref``, ``artifact_path`` and ``seed``
-    are what a later process needs to measure this cell again (the gate's interleaved re-run).
-    ``isolation`` says where the model code ran: ``worker`` (a process of its own) or
-    ``in-process: <why>``. ``extra`` holds backend-specific notes for people (what the runtime
-    or the converter did); nothing reads it back.
-    """
-
-    cell: Cell
-    status: str = STATUS_OK
-    reason: str = ""
-    stage: str = ""
-    latency_ms: LatencyStats | None = None
-    throughput_ips: float | None = None
-    load_ms: float | None = None
-    first_inference_ms: float | None = None
-    peak_rss_mb: float | None = None
-    baseline_rss_mb: float | None = None
-    load_rss_mb: float | None = None
-    artifact_bytes: int | None = None
-    conversion_s: float | None = None
-    accuracy: Accuracy | None = None
-    tolerance: ToleranceCheck | None = None
-    unstable: bool = False
-    stopped_by: str | None = None
-    warmup_count: int | None = None
-    backend_version: str | None = None
-    precision_ran: str | None = None
-    model_ref: str | None = None
-    artifact_path: str | None = None
-    seed: int = 0
-    machine_id: str | None = None
-    isolation: str = ""
-    samples_ms: list[float] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_OK
-
-    @property
-    def passes_accuracy(self) -> bool:
-        """False when the accuracy check ran and missed its tolerance; True when it passed or did not run."""
-        return self.tolerance is None or self.tolerance.passed
-
-    def not_run(self, status: str, stage: str, reason: str) -> Result:
-        """Mark the cell skipped / failed / timeout at ``stage`` with a one-line ``reason``; returns self."""
-        self.status, self.stage, self.reason = status, stage, reason
-        return self
-
-    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
-        data = {**self.cell.to_dict()}
-        for f in dataclasses.fields(self):
-            if f.name in ("cell", "samples_ms"):
-                continue
-            value = getattr(self, f.name)
-            data[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
-        if with_samples:
-            data["samples_ms"] = list(self.samples_ms)
-        return _finite(data)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Result:
-        cell = Cell(data["model"], data["format"], data["backend"], data["precision"])
-        extra = dict(data.get("extra") or {})
-        latency, accuracy, tolerance = data.get("latency_ms"), data.get("accuracy"), data.get("tolerance")
-        if tolerance is None and isinstance(extra.get("tolerance"), Mapping):
-            tolerance = extra.pop("tolerance")
-        known = {f.name for f in dataclasses.fields(cls)} - {"cell", "latency_ms", "accuracy", "tolerance", "extra"}
-        values = {name: data[name] for name in known if data.get(name) is not None}
-        for name in _FIELDS_ONCE_IN_EXTRA:
-            if name not in values and extra.get(name) is not None:
-                values[name] = extra.pop(name)
-        if "samples_ms" in values:
-            values["samples_ms"] = list(values["samples_ms"])
-        return cls(cell=cell, latency_ms=LatencyStats(**latency) if latency else None,
-                   accuracy=Accuracy(**accuracy) if accuracy else None,
-                   tolerance=ToleranceCheck(bool(tolerance.get("passed")), str(tolerance.get("message", "")))
-                   if tolerance else None, extra=extra, **values)
-
-
-def _finite(value):
-    """JSON has no NaN or infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
