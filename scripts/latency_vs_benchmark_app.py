@@ -1,6 +1,7 @@
 """Does deploybench's single-stream OpenVINO median agree with OpenVINO's own ``benchmark_app``?
 
-Both time the same IR with the same threads and precision, in alternating short windows (A B B A ...),
+Both time the same IR at the same precision with the latency hint's own thread count (benchmark_app
+refuses ``-nthreads`` beside ``-hint latency``; ``runtime_notes`` prints what deploybench ran), in alternating short windows (A B B A ...),
 because this machine changes speed within seconds: only figures taken side by side compare. Three
 measurements per window pair: deploybench compiled static (the default: the shape that is deployed),
 deploybench compiled dynamic (``--shapes dynamic``), and ``benchmark_app -hint latency -shape ...``.
@@ -20,9 +21,9 @@ from pathlib import Path
 MEDIAN = re.compile(r"Median:\s+([\d.]+)\s*ms")
 
 
-def benchmark_app_median(xml: Path, shape: list[int], threads: int, seconds: float) -> float:
+def benchmark_app_median(xml: Path, shape: list[int], seconds: float) -> float:
     command = [str(Path(sys.executable).with_name("benchmark_app")), "-m", str(xml), "-d", "CPU", "-hint", "latency",
-               "-shape", "[" + ",".join(map(str, shape)) + "]", "-nthreads", str(threads), "-infer_precision", "f32",
+               "-shape", "[" + ",".join(map(str, shape)) + "]", "-infer_precision", "f32",
                "-t", f"{seconds:g}"]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     found = MEDIAN.search(done.stdout)
@@ -36,7 +37,6 @@ def main() -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     from deploybench.converters import deploy_model
@@ -49,9 +49,9 @@ def main() -> int:
     inputs = spec.make_inputs(seed=0)
     shape = list(next(iter(inputs.values())).shape)
     rules = TimingRules(min_samples=30, min_time_s=args.seconds, max_time_s=args.seconds * 2)
-    static = create_deployer(artifact, backend="openvino", threads=args.threads, static_dims=dict(spec.dims)).load()
-    dynamic = create_deployer(artifact, backend="openvino", threads=args.threads).load()
-    print(f"{args.model}: {artifact.path} at {shape}, {args.threads} threads, f32; static: "
+    static = create_deployer(artifact, backend="openvino", static_dims=dict(spec.dims)).load()
+    dynamic = create_deployer(artifact, backend="openvino").load()
+    print(f"{args.model}: {artifact.path} at {shape}, {static.runtime_notes['threads']} threads, f32; static: "
           f"{static.runtime_notes['shapes']}; dynamic: {dynamic.runtime_notes['shapes']}")
     rows = []
     for pair in range(args.pairs):
@@ -59,7 +59,7 @@ def main() -> int:
         order = ["deploybench static", "deploybench dynamic", "benchmark_app"]
         for name in order if pair % 2 == 0 else reversed(order):
             if name == "benchmark_app":
-                figures[name] = benchmark_app_median(artifact.path, shape, args.threads, args.seconds)
+                figures[name] = benchmark_app_median(artifact.path, shape, args.seconds)
             else:
                 engine = static if name.endswith("static") else dynamic
                 figures[name] = benchmark_inference(engine, inputs, rules=rules).stats.median

@@ -150,3 +150,39 @@ def test_the_cli_sweeps_sequence_lengths_and_writes_the_dims(tmp_path):
         assert cell["status"] == "ok" and cell["tolerance"]["passed"]
         assert cell["extra"]["runtime_notes"]["shapes"] == f"static tokens 1x{cell['dims']['seq']}"
     assert "tiny_transformer seq256" in done.stdout  # each length is a group of its own in the table
+
+
+def _measured(backend: str, batch: int, median_ms: float, threads: int = 0) -> Result:
+    from deploybench.spec import LatencyStats
+
+    stats = LatencyStats(n=30, mean=median_ms, median=median_ms, p90=median_ms, p95=median_ms, p99=median_ms,
+                         min=median_ms, max=median_ms, stdev=0.0, cv=0.0, iqr=0.0)
+    return Result(Cell("resnet18", "onnx", backend, "fp32", dims=(("batch", batch),), threads=threads),
+                  latency_ms=stats, throughput_ips=batch * 1e3 / median_ms)
+
+
+def test_reports_show_each_size_as_its_own_group_and_how_throughput_scales():
+    from deploybench.harness.report.html import html_report
+    from deploybench.harness.report.markdown import markdown_report
+    from deploybench.harness.report.table import terminal_table
+
+    results = [_measured("onnxruntime", 1, 10.0), _measured("onnxruntime", 8, 40.0),
+               _measured("openvino", 1, 8.0), _measured("openvino", 8, 64.0)]
+    text = terminal_table(results)
+    assert text.index("resnet18 b1") < text.index("resnet18 b8")  # each batch a table of its own
+    assert "resnet18 onnx/onnxruntime/fp32 by batch: 1 → 100/s, 8 → 200/s (2.0x)" in text
+    assert "resnet18 onnx/openvino/fp32 by batch: 1 → 125/s, 8 → 125/s (1.0x)" in text
+    assert "### Scaling (throughput, items/s)" in markdown_report(results)
+    page = html_report(results)
+    assert "resnet18: scaling with batch" in page and page.count("<svg") >= 5
+    plain = [_measured("onnxruntime", 1, 10.0)]
+    assert "scaling" not in terminal_table(plain) and "scaling with" not in html_report(plain)
+
+
+def test_a_thread_sweep_is_a_series_of_its_own_beside_the_batch():
+    from deploybench.harness.report.sweeps import scaling_series, swept_axes
+
+    results = [_measured("onnxruntime", b, 10.0 * b / t, threads=t) for b in (1, 8) for t in (1, 2)]
+    assert swept_axes(results) == ["batch", "threads"]
+    by_threads = {s.label: [x for x, _ in s.points] for s in scaling_series(results, "threads")}
+    assert by_threads == {"onnx/onnxruntime/fp32 b1": [1, 2], "onnx/onnxruntime/fp32 b8": [1, 2]}

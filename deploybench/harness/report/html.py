@@ -12,7 +12,7 @@ from typing import Any
 
 from deploybench.harness.gate.statistics import REGRESSION, UNCHANGED
 from deploybench.harness.gate.verdict import LATENCY, Verdict, by_severity, gate_results, verdict_summary
-from deploybench.harness.report import plots
+from deploybench.harness.report import plots, sweeps
 from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, cell_notes
 from deploybench.harness.report.table import (BEST_LEGEND, COLUMNS, cell_row, cells_not_run, is_unstable, machine_line,
                                               model_groups, number, ratio_text, with_detector_columns)
@@ -136,6 +136,12 @@ def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] 
                      + _plot(plots.latency_distribution_svg(group.rows, title=f"{group.name}: latency distribution"))
                      + _plot(plots.speed_accuracy_svg(group.rows, title=f"{group.name}: speed vs accuracy"))
                      + "</div>")
+    for axis in sweeps.swept_axes(ok):
+        for model in dict.fromkeys(r.cell.model for r in ok):
+            series = [s for s in sweeps.scaling_series(ok, axis) if s.points[0][1].cell.model == model]
+            if series:
+                parts.append(f"<h3>{_e(model)}: scaling with {_e(axis)}</h3>")
+                parts.append(_plot(sweeps.scaling_svg(series, title=f"{model}: latency and throughput by {axis}")))
     if ok:
         parts.append("<h3>Peak memory</h3>")
         parts.append(_plot(plots.memory_svg(ok, title=f"{label}: peak memory per cell")))

@@ -10,6 +10,7 @@ from typing import Any
 from deploybench.harness.gate.statistics import IMPROVEMENT, INCONCLUSIVE, REGRESSION, UNCHANGED
 from deploybench.harness.gate.verdict import Verdict, by_severity, verdict_summary
 from deploybench.harness.report.notes import Footnotes
+from deploybench.harness.report.sweeps import scaling_lines
 from deploybench.harness.report.table import (COLUMNS, DETECTOR_LEGEND, cell_row, cells_not_run, is_detector,
                                               machine_line, model_groups, number, ratio_text, with_detector_columns)
 from deploybench.spec import Result
@@ -73,6 +74,9 @@ def markdown_report(results: Sequence[Result], verdicts: Iterable[Verdict] | Non
             parts.append("\n".join(f"- {_escape(line)}" for line in footnotes.lines()))
         if is_detector(group.rows):
             parts.append(f"_{_escape(DETECTOR_LEGEND)}_")
+    scaling = scaling_lines([r for r in results if r.ok])
+    if scaling:
+        parts.append("### Scaling (throughput, items/s)\n\n" + "\n".join(f"- {_escape(line)}" for line in scaling))
     if not any(r.ok for r in results):
         parts.append("_no cell ran successfully_")
     others = cells_not_run(results)

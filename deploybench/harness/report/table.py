@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, hit_time_cap, time_cap_text
+from deploybench.harness.report.sweeps import scaling_lines
 from deploybench.harness.results.cells import best_cell
 from deploybench.spec import Accuracy, LatencyStats, Result
 
@@ -222,6 +223,11 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         lines.extend(footnotes.lines())
         if is_detector(group.rows):
             lines.append(DETECTOR_LEGEND)
+    scaling = scaling_lines([r for r in results if r.ok])
+    if scaling:
+        lines.append("")
+        lines.append("scaling (throughput, items/s):")
+        lines.extend(f"  {line}" for line in scaling)
     if not any(r.ok for r in results):
         lines.append("no cell ran successfully")
     unstable = [r for r in results if r.ok and r.unstable]
