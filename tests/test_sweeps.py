@@ -186,3 +186,19 @@ def test_a_thread_sweep_is_a_series_of_its_own_beside_the_batch():
     assert swept_axes(results) == ["batch", "threads"]
     by_threads = {s.label: [x for x, _ in s.points] for s in scaling_series(results, "threads")}
     assert by_threads == {"onnx/onnxruntime/fp32 b1": [1, 2], "onnx/onnxruntime/fp32 b8": [1, 2]}
+
+
+def test_the_gates_interleaved_rerun_runs_a_swept_cell_at_its_own_shape_and_threads(small_cnn_spec):
+    from deploybench.harness.gate.interleave import _engine_for
+
+    result = run_one_cell(small_cnn_spec, Cell("small_cnn", "onnx", "openvino", "fp32", dims=(("batch", 4),), threads=1),
+                          RunSettings(**FAST))
+    assert result.status == "ok", result.reason
+    assert result.dims_ran == {"batch": 4}
+    again = Result.from_dict(json.loads(json.dumps(result.to_dict())))  # as the gate reads it from a file
+    engine, inputs = _engine_for(again, RunSettings())
+    try:
+        assert inputs["input"].shape == (4, 3, 16, 16)
+        assert engine.runtime_notes["shapes"] == "static input 4x3x16x16" and engine.runtime_notes["threads"] == 1
+    finally:
+        engine.close()

@@ -346,7 +346,7 @@ def engine(cell, model_spec, artifact, deploybench_state):
 
     settings = deploybench_state.settings.for_cell(cell)
     return _here(deploybench_state, cell, "engine", lambda: stages.load(
-        cell, artifact, settings, **stages.compile_options(cell, model_spec, settings)))
+        cell, artifact, settings, **stages.compile_options(cell, stages.run_dims(model_spec, settings))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class Result:
 
     ``throughput_ips`` is items per second over the wall time of the timed loop (batch x calls /
     seconds), the same figure from every entry point. ``model_ref``, ``artifact_path`` and ``seed``
-    are what a later process needs to measure this cell again (the gate's interleaved re-run).
+    are what a later process needs to measure this cell again (the gate's interleaved re-run), with
+    ``dims_ran``: the size of every dynamic axis it ran at (the model's defaults and the cell's own).
     ``isolation`` says where the model code ran: ``worker`` (a process of its own) or
     ``in-process: <why>``. ``extra`` holds backend-specific notes for people (what the runtime
     or the converter did); nothing reads it back.
@@ -173,6 +174,7 @@ class Result:
     model_ref: str | None = None
     artifact_path: str | None = None
     seed: int = 0
+    dims_ran: dict[str, int] = field(default_factory=dict)
     machine_id: str | None = None
     isolation: str = ""
     samples_ms: list[float] = field(default_factory=list)

@@ -133,23 +133,28 @@ def project_folder(folder: str | Path | None) -> Iterator[None]:
 
 
 def _engine_for(result: Result, settings, folder: str | Path | None = None):
-    """A loaded engine and seeded inputs for the artifact a Result measured, through the pipeline's own
-    convert and load stages (rebuilt from the model's ref in ``folder`` when the artifact is not a file)."""
+    """A loaded engine and seeded inputs for the artifact a Result measured, at the sizes and threads it
+    ran at, through the pipeline's own convert and load stages (rebuilt from the model's ref in
+    ``folder`` when the artifact is not a file)."""
     from deploybench.converters import artifact_from_path
     from deploybench.harness.pipeline import stages
     from deploybench.resolve import ModelSource
 
     path, cell = result.artifact_path, result.cell
+    settings = settings.for_cell(cell)
     if cell.format != "torch" and path and Path(path).exists():
         artifact = artifact_from_path(Path(path))
+        dims = {**settings.dims, **result.dims_ran}
         rng = np.random.default_rng(result.seed)
-        inputs = {t.name: t.random(rng) for t in artifact.inputs}
+        inputs = {t.name: t.random(rng, dims) for t in artifact.inputs}
     else:
         with project_folder(folder):
             spec = ModelSource(ref=result.model_ref or cell.model).resolve()
             artifact = stages.convert(spec, cell, settings)
-        inputs = spec.make_inputs(seed=result.seed)
-    return stages.load(cell, artifact, settings, **SIDE_BY_SIDE_OPTIONS.get(cell.backend, {})), inputs
+        dims = result.dims_ran or stages.run_dims(spec, settings)
+        inputs = spec.make_inputs(seed=result.seed, dims=dims)
+    options = {**SIDE_BY_SIDE_OPTIONS.get(cell.backend, {}), **stages.compile_options(cell, dims)}
+    return stages.load(cell, artifact, settings, **options), inputs
 
 
 def interleave_here(baseline: Result, current: Result, threads: int | None, threshold: float,

@@ -99,6 +99,13 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
     return deploy_model(spec, cell.format, output_dir=settings.cache_dir, precision=cell.precision)
 
 
+def run_dims(spec: ModelSpec, settings: RunSettings) -> dict[str, int]:
+    """The size of every dynamic axis of the model a cell runs at: the model's defaults, then the run's
+    and the cell's own."""
+    axes = {name for t in spec.inputs for name in t.dynamic_axes.values()}
+    return {name: size for name, size in {**spec.dims, **settings.dims}.items() if name in axes}
+
+
 def check_shape(spec: ModelSpec, cell: Cell, artifact: Artifact, settings: RunSettings) -> None:
     """A cell asking for an axis the model does not have, or a size its artifact cannot take (a TFLite file
     fixed to batch 1), is a skip that says which."""
@@ -107,7 +114,7 @@ def check_shape(spec: ModelSpec, cell: Cell, artifact: Artifact, settings: RunSe
     if missing:
         raise ShapeNotSupported(f"{spec.name} has no dynamic axis {', '.join(map(repr, missing))}; its dynamic axes: "
                                 f"{', '.join(sorted(axes)) or 'none'}")
-    dims = {**spec.dims, **settings.dims}
+    dims = run_dims(spec, settings)
     for want, took in ((t, next((a for a in artifact.inputs if a.name == t.name), None)) for t in spec.inputs):
         shape = want.concrete_shape(dims)
         if took is not None and not took.accepts(shape):
@@ -115,14 +122,14 @@ def check_shape(spec: ModelSpec, cell: Cell, artifact: Artifact, settings: RunSe
                                     f"{list(shape)} ({', '.join(f'{k}={v}' for k, v in cell.dims) or 'default sizes'})")
 
 
-def compile_options(cell: Cell, spec: ModelSpec, settings: RunSettings) -> dict[str, Any]:
-    """The engine options that make a backend compile for the cell's shape (``shapes`` static), for a
-    backend that compiles for shapes; nothing for one that runs the artifact's own shapes."""
+def compile_options(cell: Cell, dims: dict[str, int]) -> dict[str, Any]:
+    """The engine options that make a backend compile for ``dims`` (``run_dims``) when the cell's ``shapes``
+    is static and the backend compiles for shapes; nothing for one that runs the artifact's own shapes."""
     from deploybench.engines import engine_class
 
     if cell.shapes != STATIC or not engine_class(cell.backend).compiles_for_shapes:
         return {}
-    return {"static_dims": {**spec.dims, **settings.dims}}
+    return {"static_dims": dict(dims)}
 
 
 def record_artifact(artifact: Artifact, started: float, result: Result) -> None:
@@ -149,7 +156,7 @@ def measure_memory(session: ModelSession, cell: Cell, artifact: Artifact, settin
     memory = benchmark_memory_usage(artifact, cell.backend, cell.precision, inputs, threads=settings.threads,
                                     runs=settings.memory.runs, timeout_s=settings.timeout_s,
                                     model_source=source if cell.format == "torch" else None,
-                                    **compile_options(cell, session.spec, settings))
+                                    **compile_options(cell, run_dims(session.spec, settings)))
     if not memory.ok:
         raise CellStopped(memory.status, memory.reason)
     result.peak_rss_mb, result.baseline_rss_mb = memory.peak_rss_mb, memory.baseline_rss_mb
@@ -221,13 +228,14 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
         artifact = convert(session.spec, cell, settings)
         record_artifact(artifact, started, result)
         check_shape(session.spec, cell, artifact, settings)
+        result.dims_ran = run_dims(session.spec, settings)
         inputs = session.inputs(settings)
         if MEMORY in measures and settings.memory.enabled:
             enter("memory")
             measure_memory(session, cell, artifact, settings, inputs, result)
         if TIME in measures or ACCURACY in measures:
             enter("load")
-            engine = load(cell, artifact, settings, **compile_options(cell, session.spec, settings))
+            engine = load(cell, artifact, settings, **compile_options(cell, run_dims(session.spec, settings)))
             result.load_ms = engine.load_ms
             enter("first_inference")
             from deploybench.harness.measure.timing import time_first_inference
@@ -260,4 +268,4 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
 
 
 __all__ = ["ACCURACY", "MEASURES", "MEMORY", "TIME", "CellStopped", "ModelSession", "check_availability",
-           "check_shape", "compile_options", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "time_engine"]
+           "check_shape", "compile_options", "run_dims", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "time_engine"]
