@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .harness.pipeline.settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, DEFAULT_PRECISIONS, add_options,
                                         settings_from_options)
-from .spec import DeployBenchError, parse_csv, parse_shape
+from .spec import DeployBenchError, parse_csv
 
 PROG = "deploybench"
 EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -44,6 +44,7 @@ and `--resume RESULTS` runs only the missing ones.
 examples:
   deploybench run --models digits_cnn --backends torch,onnxruntime,openvino --output results.json
   deploybench run --models my_net.py:build --input-shape 1x3x224x224 --backends onnxruntime,openvino
+  deploybench run --models bert.py:build --input input_ids:1x32:int64:0..30522 --input attention_mask:1x32:int64:mask
   deploybench run --models model.onnx --backends onnxruntime,openvino --shard 1/2
 """
 
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
     run.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
                      help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
+    run.add_argument("--input", action="append", default=None, metavar="NAME:SHAPE[:DTYPE[:VALUES]]",
+                     help="a named input of a file.py:factory model, for token ids and masks: VALUES is LOW..HIGH "
+                          "(integers exclude HIGH), mask (0 or 1) or =VALUE, e.g. input_ids:1x32:int64:0..30522 "
+                          "attention_mask:1x32:int64:mask; repeat once per input")
     run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
     add_options(run.add_argument, edge="cli")
     run.add_argument("--resume", default=None, metavar="RESULTS",
@@ -138,10 +143,13 @@ def run_command(args: argparse.Namespace) -> int:
         raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
     shard = parse_shard(args.shard) if args.shard else None
     settings = settings_from_options(lambda dest: getattr(args, dest, None))
-    if args.input_shape and not any(".py:" in ref for ref in refs):
-        raise DeployBenchError("--input-shape is for a user's model file (file.py:factory); zoo models and "
-                               "model files have fixed inputs")
-    models = [_model_ref(ref, args.input_shape) for ref in refs]
+    from .resolve import ref_with_inputs
+
+    inputs = [*(args.input_shape or ()), *(args.input or ())]
+    if inputs and not any(".py:" in ref for ref in refs):
+        raise DeployBenchError("--input-shape and --input are for a user's model file (file.py:factory); zoo "
+                               "models and model files have fixed inputs")
+    models = [ref_with_inputs(ref, inputs) for ref in refs]
     resume = Matrix.load(args.resume) if args.resume else None
     stop_on_sigterm()
     matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
@@ -161,16 +169,6 @@ def run_command(args: argparse.Namespace) -> int:
         run_ids = log_matrix(matrix.results, matrix.machine, args.mlflow, settings=matrix.settings)
         print(f"logged {len(run_ids)} MLflow runs to {args.mlflow}")
     return EXIT_CELL_FAILED if matrix.failed else EXIT_OK
-
-
-def _model_ref(ref: str, input_shapes: Sequence[str] | None) -> str:
-    """The ref a worker resolves: a ``file.py:factory`` gets the ``--input-shape``s as ``@1x3x64x64,...``."""
-    if ref.endswith(".py"):
-        raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
-    if not input_shapes or ".py:" not in ref:
-        return ref
-    shapes = ",".join("x".join(map(str, parse_shape(text))) for text in input_shapes)
-    return f"{ref.partition('@')[0]}@{shapes}"
 
 
 def models_command(args: argparse.Namespace) -> int:

@@ -18,11 +18,12 @@ from typing import Any
 
 from .converters import spec_from_file as model_from_artifact
 from .models import ARTIFACT_SUFFIXES, MODELS, model_from_module
-from .spec import DeployBenchError, ModelSpec
+from .spec import DeployBenchError, ModelSpec, TensorSpec, input_text, parse_input, parse_shape
 
 
-def get_model(ref: str, input_shapes: Sequence[Sequence[int]] | None = None) -> ModelSpec:
-    """Resolve a zoo name, a ``file.py:factory`` or an artifact path to a ``ModelSpec``."""
+def get_model(ref: str, input_shapes: Sequence[Sequence[int] | TensorSpec] | None = None) -> ModelSpec:
+    """Resolve a zoo name, a ``file.py:factory`` or an artifact path to a ``ModelSpec``. ``input_shapes``:
+    a factory's inputs, as shapes (float noise) or ``TensorSpec``s (names, dtypes, value ranges)."""
     ref = str(ref)
     if ref in MODELS:
         if input_shapes:
@@ -86,17 +87,26 @@ def _from_python_file(path: Path, factory_name: str, input_shapes, ref: str) -> 
         built.ref = ref
         return built
     if not input_shapes:
-        raise DeployBenchError(f"{ref}: give the input shape(s) with --input-shape (e.g. 1x3x64x64)")
+        raise DeployBenchError(f"{ref}: give its inputs with --input-shape 1x3x64x64, or --input "
+                               "NAME:SHAPE:DTYPE:VALUES for token ids and masks (e.g. input_ids:1x32:int64:0..1000)")
+    import numpy as np
     import torch
 
-    examples = [torch.randn(*shape) for shape in input_shapes]
+    if all(isinstance(t, TensorSpec) for t in input_shapes):
+        rng = np.random.default_rng(0)
+        examples: Any = {t.name: torch.from_numpy(t.random(rng)) for t in input_shapes}
+        ranges = {t.name: t.value_range for t in input_shapes if t.value_range is not None}
+        described = "; ".join(input_text(t) for t in input_shapes)
+    else:
+        examples, ranges = [torch.randn(*shape) for shape in input_shapes], {}
+        examples = examples if len(examples) > 1 else examples[0]
+        described = ",".join("x".join(map(str, s)) for s in input_shapes)
     try:
-        spec = model_from_module(built, examples if len(examples) > 1 else examples[0], name=path.stem)
+        spec = model_from_module(built, examples, name=path.stem, value_ranges=ranges)
     except Exception as exc:
-        raise DeployBenchError(f"{ref} does not accept input shape(s) "
-                               f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: "
+        raise DeployBenchError(f"{ref} does not accept the input(s) {described}: "
                                f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    spec.ref = ref + "@" + ",".join("x".join(map(str, s)) for s in input_shapes)
+    spec.ref = ref + "@" + described.replace("; ", ";")
     spec.factory = factory
     spec._module = built.eval()
     return spec
@@ -166,10 +176,29 @@ class ModelSource:
 
 def resolve_ref(ref: str) -> ModelSpec:
     """Inverse of ``ModelSpec.ref``: rebuild the same model in a fresh process."""
-    base, _, shapes = ref.partition("@") if ".py:" in ref else (ref, "", "")
-    from .spec import parse_shape
+    base, _, inputs = ref.partition("@") if ".py:" in ref else (ref, "", "")
+    return get_model(base, parse_inputs(inputs.replace(";", ",").split(",")) if inputs else None)
 
-    return get_model(base, [parse_shape(s) for s in shapes.split(",")] if shapes else None)
+
+def parse_inputs(texts: Sequence[str]) -> list[tuple[int, ...]] | list[TensorSpec]:
+    """``--input-shape`` values (``1x3x64x64``) or ``--input`` values (``NAME:SHAPE[:DTYPE[:VALUES]]``), not mixed."""
+    named = [":" in text for text in texts]
+    if any(named) and not all(named):
+        raise DeployBenchError(f"inputs {list(texts)} mix bare shapes and NAME:SHAPE forms: use one of the two")
+    return [parse_input(text) for text in texts] if all(named) else [parse_shape(text) for text in texts]
+
+
+def ref_with_inputs(ref: str, inputs: Sequence[str] | None) -> str:
+    """The ref a worker resolves: a ``file.py:factory`` with its inputs after ``@`` (one home for the form,
+    for ``run`` and ``compare``); any other ref as it is."""
+    if ref.endswith(".py"):
+        raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
+    if not inputs or ".py:" not in ref:
+        return ref
+    parsed = parse_inputs(inputs)
+    text = ";".join(input_text(t) for t in parsed) if isinstance(parsed[0], TensorSpec) else \
+        ",".join("x".join(map(str, shape)) for shape in parsed)
+    return f"{ref.partition('@')[0]}@{text}"
 
 
 def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, example_inputs: Any = None,
@@ -185,4 +214,4 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
 
 
 __all__ = ["ModelSource", "deploy_model", "get_model", "is_rebuildable_ref", "model_from_artifact", "model_spec",
-           "resolve_ref"]
+           "parse_inputs", "ref_with_inputs", "resolve_ref"]

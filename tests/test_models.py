@@ -393,7 +393,7 @@ def test_user_file_errors_are_one_line(user_file, tmp_path):
         (f"{tmp_path / 'missing.py'}:make_net", [(1, 3, 40, 56)], "does not exist"),
         (f"{user_file}:no_such_factory", [(1, 3, 40, 56)], "no callable 'no_such_factory'"),
         (f"{user_file}:make_net", None, "--input-shape"),
-        (f"{user_file}:make_net", [(1, 4, 40, 56)], "does not accept input shape"),
+        (f"{user_file}:make_net", [(1, 4, 40, 56)], r"does not accept the input\(s\) 1x4x40x56"),
         (f"{user_file}:broken", [(1, 3, 40, 56)], "weights missing"),
     ]
     for ref, shapes, message in cases:

@@ -142,10 +142,13 @@ def _code_bytes(code: Any) -> bytes:
 
 
 def conversion_key(spec: ModelSpec, fmt: str, precision: str, options: dict[str, Any]) -> str:
-    payload = json.dumps({
+    payload = {
         "cache": CACHE_FORMAT_VERSION, "model": model_fingerprint(spec), "format": fmt, "precision": precision,
         "options": {k: repr(v) for k, v in sorted(options.items())}, "tools": tool_versions(fmt),
-    }, sort_keys=True)
+    }
+    if precision == "int8" and spec.calibration_source:  # a user's calibration file makes another int8 artifact
+        payload["calibration"] = spec.calibration_source
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

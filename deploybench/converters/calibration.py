@@ -9,9 +9,11 @@ every backend calibrates on exactly the same samples and a second run does not r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ class Calibration:
 
     @property
     def is_real(self) -> bool:
-        return self.source == SOURCE_REAL
+        return self.source != SOURCE_RANDOM
 
     def describe(self) -> dict[str, object]:
         """What a converter records in its artifact's metadata."""
@@ -71,14 +73,40 @@ def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
                 if set(sample) != names:
                     raise DeployBenchError(f"model {spec.name!r}: calibration_data returned inputs {sorted(sample)}; "
                                            f"it must return dicts with {sorted(names)}")
-            return Calibration([{k: np.asarray(v) for k, v in s.items()} for s in samples], SOURCE_REAL, seed)
+            source = f"real ({spec.calibration_source})" if spec.calibration_source else SOURCE_REAL
+            return Calibration([{k: np.asarray(v) for k, v in s.items()} for s in samples], source, seed)
     samples = [spec.make_inputs(seed=seed + i) for i in range(n)]
     return Calibration(samples, SOURCE_RANDOM, seed)
 
 
+def use_calibration_file(spec: ModelSpec, path: str | Path) -> None:
+    """Calibrate ``spec``'s int8 artifacts on the samples of ``path``: an ``.npz`` with one array per input,
+    samples along axis 0 (``input_ids`` of shape [256, 32] is 256 samples of [1, 32]). The file's digest
+    becomes part of the conversion cache key, so other data never reuse an artifact calibrated on these."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DeployBenchError(f"--calibration-data {path}: not a readable .npz of arrays ({type(exc).__name__}: "
+                               f"{exc})".splitlines()[0]) from None
+    if set(arrays) != set(spec.input_names):
+        raise DeployBenchError(f"--calibration-data {path} holds arrays {sorted(arrays)}; model {spec.name!r} "
+                               f"takes inputs {sorted(spec.input_names)}")
+    counts = {len(a) if a.ndim else 0 for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise DeployBenchError(f"--calibration-data {path}: every array needs the same number of samples along "
+                               f"axis 0, got {sorted(counts)}")
+    count = counts.pop()
+    samples = [{name: array[i:i + 1] for name, array in arrays.items()} for i in range(count)]
+    spec.calibration_data = lambda n: samples[:n]
+    spec.calibration_source = f"{path.name}, {count} samples, sha256 {hashlib.sha256(data).hexdigest()[:12]}"
+
+
 def _cache_path(spec: ModelSpec, n: int, seed: int, cache_dir: str | Path | None) -> Path:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed, spec.calibration_source]).encode()).hexdigest()[:16]
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
     return root / "calibration" / f"{safe_name}-n{n}-s{seed}-{key}.npz"
 
@@ -116,4 +144,4 @@ def _load(path: Path) -> Calibration | None:
     return Calibration(samples, meta["source"], meta["seed"])
 
 
-__all__ = ["Calibration", "DEFAULT_SAMPLES", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs"]
+__all__ = ["Calibration", "DEFAULT_SAMPLES", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs", "use_calibration_file"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._registry import Registry
-from ..spec import ModelSpec, TensorSpec
+from ..spec import DeployBenchError, ModelSpec, TensorSpec
 
 MODELS = Registry("model", "deploybench.models", {
     "digits_cnn": "deploybench.models.digits:digits_cnn",
@@ -29,12 +29,15 @@ def list_models() -> list[str]:
 
 def model_from_module(module: Any, example_inputs: Any, name: str | None = None,
                       output_names: Sequence[str] | None = None, dynamic_batch: bool = True,
-                      task: str = "generic") -> ModelSpec:
+                      task: str = "generic", value_ranges: Mapping[str, tuple[float, float]] | None = None
+                      ) -> ModelSpec:
     """A ``ModelSpec`` for a user's ``nn.Module`` and its example inputs (arrays or tensors).
 
     Input names are the mapping's keys, else ``input`` / ``input_0``, ``input_1``...; axis 0 is a
     dynamic ``batch`` axis unless ``dynamic_batch=False``. Output names are read from one forward
-    pass unless given.
+    pass unless given. ``value_ranges`` bounds the seeded values deploybench generates per input
+    (``{"input_ids": (0, 30522), "attention_mask": (0, 2)}``; integers exclude the high end): token
+    ids must stay inside the vocabulary, a mask 0 or 1.
     """
     import torch
 
@@ -44,12 +47,17 @@ def model_from_module(module: Any, example_inputs: Any, name: str | None = None,
         items = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
         named = {("input" if len(items) == 1 else f"input_{i}"): x for i, x in enumerate(items)}
     arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in named.items()}
+    unknown = set(value_ranges or {}) - set(arrays)
+    if unknown:
+        raise DeployBenchError(f"value_ranges for unknown input(s) {sorted(unknown)}; the inputs are {list(arrays)}")
     specs = []
     for key, array in arrays.items():
         shape: list[int | str] = list(array.shape)
         if dynamic_batch and shape:
             shape[0] = "batch"
-        specs.append(TensorSpec(key, tuple(shape), str(array.dtype)))
+        value_range = (value_ranges or {}).get(key)
+        specs.append(TensorSpec(key, tuple(shape), str(array.dtype),
+                                tuple(map(float, value_range)) if value_range is not None else None))
     module.eval()
     if output_names is None:
         with torch.inference_mode():

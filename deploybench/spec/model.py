@@ -120,6 +120,47 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_input(text: str) -> TensorSpec:
+    """'input_ids:1x32:int64:0..1000' -> a TensorSpec with a dynamic batch axis: NAME:SHAPE[:DTYPE[:VALUES]].
+
+    VALUES is ``LOW..HIGH`` (integers: HIGH excluded, as token ids below a vocabulary size), ``mask``
+    (0 or 1) or ``=VALUE`` (always VALUE, e.g. a sample rate); floats default to standard normal noise."""
+    parts = str(text).split(":")
+    if len(parts) < 2 or len(parts) > 4 or not parts[0].strip():
+        raise DeployBenchError(f"bad --input {text!r}: write NAME:SHAPE[:DTYPE[:VALUES]], e.g. "
+                               "input_ids:1x32:int64:0..1000 or attention_mask:1x32:int64:mask")
+    name, shape_text = parts[0].strip(), parts[1]
+    dtype = parts[2].strip() if len(parts) > 2 and parts[2].strip() else "float32"
+    values = parts[3].strip() if len(parts) > 3 else ""
+    value_range = None
+    try:
+        shape: list[int | str] = list(parse_shape(shape_text))
+        shape[0] = "batch"
+        if values == "mask":
+            value_range = (0.0, 2.0)
+        elif values.startswith("="):
+            constant = float(values[1:])
+            value_range = (constant, constant + 1 if dtype.startswith(("int", "uint")) else constant)
+        elif values:
+            low, sep, high = values.partition("..")
+            value_range = (float(low), float(high)) if sep else None
+            if value_range is None or value_range[0] > value_range[1]:
+                raise ValueError
+        return TensorSpec(name, tuple(shape), dtype, value_range)
+    except ValueError:
+        raise DeployBenchError(f"bad values {values!r} in --input {text!r}: write LOW..HIGH, mask or =VALUE") from None
+    except DeployBenchError as exc:
+        raise DeployBenchError(f"bad --input {text!r}: {exc}") from None
+
+
+def input_text(spec: TensorSpec, batch: int = 1) -> str:
+    """The ``parse_input`` form of ``spec`` (its batch axis at ``batch``): how a ref carries it to a worker."""
+    shape = "x".join(str(batch if isinstance(d, str) else d) for d in spec.shape)
+    low_high = spec.value_range
+    values = "" if low_high is None else f":{low_high[0]:g}..{low_high[1]:g}"
+    return f"{spec.name}:{shape}:{spec.dtype}{values}"
+
+
 @dataclass
 class ModelSpec:
     """A source network plus what it needs to run.
@@ -148,6 +189,7 @@ class ModelSpec:
     description: str = ""
     task_config: dict[str, Any] = field(default_factory=dict)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    calibration_source: str = ""  # where a user's calibration data came from (file, digest): part of the cache key
     _module: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

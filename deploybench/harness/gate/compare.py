@@ -29,7 +29,7 @@ from deploybench.harness.gate.pairs import check_overlap, interleave_pairs, prin
 from deploybench.harness.gate.sources import WORKING_TREE, Side, open_sides
 from deploybench.harness.gate.verdict import GateSettings, Verdict, gate_results, load_run, markdown_verdicts
 from deploybench.harness.results.io import write_text_atomic
-from deploybench.spec import DeployBenchError, Result, parse_csv, parse_shape
+from deploybench.spec import DeployBenchError, Result, parse_csv
 
 SCHEMA = "deploybench.compare/1"
 PROG = "deploybench compare"
@@ -154,8 +154,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=None,
                         help="git refs: the models to build on each side, comma-separated "
                              "(file.py:factory[@1x3x64x64], a model file, or a zoo name), paths as in this checkout")
-    parser.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
-                        help="input shape for file.py:factory models, e.g. 1x3x224x224 (repeat per input)")
+    parser.add_argument("--input-shape", "--input", action="append", default=None, metavar="SHAPE",
+                        help="inputs of file.py:factory models as in `deploybench run`: 1x3x224x224, or "
+                             "NAME:SHAPE[:DTYPE[:VALUES]] (repeat per input)")
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help="backends (comma-separated)")
     parser.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), help="precisions (comma-separated)")
     parser.add_argument("--formats", default=None, help="only these formats (comma-separated)")
@@ -170,13 +171,6 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                              "`report`)")
     parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     parser.add_argument("--verbose", action="store_true", help="show the converters' own output")
-
-
-def _with_shapes(refs: list[str], shapes: Sequence[str] | None) -> list[str]:
-    if not shapes:
-        return refs
-    joined = ",".join("x".join(map(str, parse_shape(text))) for text in shapes)
-    return [f"{ref.partition('@')[0]}@{joined}" if ".py:" in ref else ref for ref in refs]
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -196,7 +190,9 @@ def compare_command(args: argparse.Namespace) -> int:
         check_precisions(precisions)
         for path in (args.markdown, args.json, args.output):
             _check_writable(path)
-        models = _with_shapes(parse_csv(args.models), args.input_shape)
+        from deploybench.resolve import ref_with_inputs
+
+        models = [ref_with_inputs(ref, args.input_shape) for ref in parse_csv(args.models)]
         shard = parse_shard(args.shard) if args.shard else None
         with open_sides(args.base, args.head, models) as (base, head):
             outcome = compare_sources(base, head, backends, precisions, settings, gate,

@@ -103,6 +103,7 @@ class RunSettings:
     max_memory_mb: float | None = None
     cache_dir: str | None = None
     in_process: bool = False
+    calibration_data: str | None = None
     sweep: Sweep = field(default_factory=Sweep)
 
     def __post_init__(self):
@@ -111,6 +112,9 @@ class RunSettings:
                                    "each backend choose")
         if self.timeout_s <= 0:
             raise DeployBenchError(f"timeout {self.timeout_s} must be positive (seconds per stage of a cell)")
+        if self.calibration_data is not None and not Path(self.calibration_data).is_file():
+            raise DeployBenchError(f"--calibration-data {self.calibration_data} is not a file: give an .npz with one "
+                                   "array per model input, samples along axis 0")
         if self.max_memory_mb is not None and self.max_memory_mb <= 0:
             raise DeployBenchError(f"max memory {self.max_memory_mb} must be a positive number of MB, e.g. 4096")
         bad_dims = {k: v for k, v in self.dims.items() if not isinstance(v, int) or v < 1}
@@ -260,6 +264,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--cache-dir",), ("--deploybench-cache",), dict(
         dest="cache_dir", default=None, metavar="DIR",
         help="conversion cache (default: $DEPLOYBENCH_CACHE or .deploybench-cache)")),
+    Option(("--calibration-data",), ("--calibration-data",), dict(
+        dest="calibration_data", default=None, metavar="FILE.npz",
+        help="calibrate int8 on these samples: one array per model input, samples along axis 0 (default: the "
+             "model's own calibration data, else seeded random inputs, which every report then points out)")),
     Option(("--in-process",), ("--in-process",), dict(
         dest="in_process", action="store_true", default=False,
         help="run model code in this process, for a debugger: gives up isolation, so a model or backend "
@@ -323,7 +331,8 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         memory=MemoryRules(enabled=not value("no_memory")),
         tolerances=parse_tolerances(value("tolerance")), timeout_s=float(value("cell_timeout")),
         max_memory_mb=float(value("max_memory")) if value("max_memory") else None,
-        cache_dir=str(value("cache_dir")) if value("cache_dir") else None, in_process=bool(value("in_process")))
+        cache_dir=str(value("cache_dir")) if value("cache_dir") else None, in_process=bool(value("in_process")),
+        calibration_data=str(Path(value("calibration_data")).resolve()) if value("calibration_data") else None)
 
 
 __all__ = ["DEFAULT_BACKENDS", "DEFAULT_MODELS", "DEFAULT_PRECISIONS", "DEFAULT_STAGE_TIMEOUT_S", "MemoryRules", "OPTIONS", "RunSettings", "SHAPES", "Sweep", "TimingRules", "add_options",

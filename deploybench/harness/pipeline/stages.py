@@ -91,11 +91,16 @@ def check_availability(cell: Cell) -> str:
 
 
 def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
-    """The cell's artifact, from the conversion cache when it is there (a torch cell: the model itself)."""
+    """The cell's artifact, from the conversion cache when it is there (a torch cell: the model itself); an
+    int8 cell calibrated on ``settings.calibration_data`` when given."""
     from deploybench.converters import deploy_model, torch_artifact
 
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
+    if cell.precision == "int8" and settings.calibration_data and not spec.calibration_source:
+        from deploybench.converters.calibration import use_calibration_file
+
+        use_calibration_file(spec, settings.calibration_data)
     return deploy_model(spec, cell.format, output_dir=settings.cache_dir, precision=cell.precision)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deploybench.converters.calibration import SOURCE_REAL
+from deploybench.converters.calibration import SOURCE_RANDOM
 from deploybench.harness.measure.timing import STOPPED_BY_MAX_TIME
 from deploybench.spec import Result
 
@@ -64,9 +64,10 @@ def cell_notes(result: Result) -> list[CellNote]:
     """The notes of one cell, in the order their markers appear in its row."""
     notes = []
     source = calibration_source(result)
-    if source and source != SOURCE_REAL:
-        notes.append(CellNote(PRECISION, f"{result.cell.precision} calibration used {source}: "
-                                         "give the model calibration_data for a representative accuracy"))
+    if source and source.startswith(SOURCE_RANDOM.split()[0]):
+        notes.append(CellNote(PRECISION, f"{result.cell.precision} calibration used {source}: give "
+                                         "--calibration-data FILE.npz (or the model calibration_data) for a "
+                                         "representative accuracy"))
     if result.ok and not result.passes_accuracy:
         notes.append(CellNote(STATUS, f"accuracy fails: {result.tolerance.message}"))
     if result.ok and hit_time_cap(result):
