@@ -167,7 +167,7 @@ def run_offline(engine, inputs, min_time_s: float = 2.0, requests: int | None = 
     wall_s = (done.max() - started.min()) / 1e9
     busy_ms = (done - started) / 1e6
     return OfflineResult(
-        samples_per_s=len(spans) * batch / wall_s, requests_per_s=len(spans) / wall_s, batch_size=batch,
+        samples_per_s=float(len(spans) * batch / wall_s), requests_per_s=float(len(spans) / wall_s), batch_size=batch,
         completed=len(spans), wall_s=float(wall_s), requests=pool.size,
         mean_in_flight=float(busy_ms.sum() / 1e3 / wall_s), latency=latency_stats(busy_ms), notes=notes)
 
@@ -278,7 +278,7 @@ def serve_arrivals(pool, feed, rate_per_s: float, arrivals: np.ndarray, drain_s:
     finished = done_now >= 0
     latency_ms = (np.where(finished, done_now, stop) - planned) / 1e6
     span_s = max(float(arrivals[-1]), 1e-9)
-    arrival_rate = (n - 1) / (float(arrivals[-1] - arrivals[0])) if n > 1 else n / span_s
+    arrival_rate = float((n - 1) / (arrivals[-1] - arrivals[0]) if n > 1 else n / span_s)
     ends = np.sort(done_now[finished])
     # Completions per second between the first and the last completion: the rate the server sustained.
     achieved = (len(ends) - 1) / ((ends[-1] - ends[0]) / 1e9) if len(ends) > 1 and ends[-1] > ends[0] \
