@@ -7,9 +7,6 @@ compiled model really runs; a mismatch raises instead of measuring the wrong thi
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +14,7 @@ import numpy as np
 
 from ..spec import DeployBenchError, PrecisionNotSupported
 from .base import InferenceEngine
-from .requests import Completion, RequestPool
+from .requests import RequestPool, ThreadRequestPool
 
 # Engine precision -> INFERENCE_PRECISION_HINT. int8 runs the quantized ops in int8 and what NNCF
 # left unquantized in f32: correct, and on this class of CPU as fast as the bf16 alternative.
@@ -125,86 +122,38 @@ class OpenVINOEngine(InferenceEngine):
         return [np.array(results[port], copy=True) for port in self._output_ports]
 
     def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
-        """Requests on an ``AsyncInferQueue``: by default the compiled model's
-        ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (as benchmark_app picks ``-nireq``). Only a model compiled
-        with the THROUGHPUT hint (``throughput_options``) runs them in parallel streams; under LATENCY
-        there is one stream and requests take turns in it, which the notes say."""
+        """One ``InferRequest`` per slot, each run by a Python thread (``infer`` releases the GIL), by
+        default the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (as benchmark_app picks
+        ``-nireq``). Only a model compiled with the THROUGHPUT hint (``throughput_options``) runs them
+        in parallel streams; under LATENCY there is one stream and requests take turns in it.
+
+        Not ``AsyncInferQueue``: with a Python completion callback, OpenVINO released the callback (and
+        through it the last reference to the compiled model) in one of its stream threads, whose
+        executor then joined itself and aborted the process (1 run in 3 of tests/test_scenarios.py)."""
         optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        pool = AsyncInferQueuePool(self, n or optimal, want_outputs=outputs)
+        size = n or optimal
+        runs = [self._request_runner(self._compiled.create_infer_request(), outputs) for _ in range(size)]
+        pool = ThreadRequestPool(self, size, runs, want_outputs=outputs)
         streams = self.runtime_notes.get("streams")
-        pool.notes.update({"mode": "AsyncInferQueue", "performance_hint": self.runtime_notes.get("performance_hint"),
-                           "streams": streams, "threads": self.runtime_notes.get("threads"),
-                           "optimal_requests": optimal})
+        pool.notes.update({"mode": "one InferRequest per Python thread", "performance_hint":
+                           self.runtime_notes.get("performance_hint"), "streams": streams,
+                           "threads": self.runtime_notes.get("threads"), "optimal_requests": optimal})
         if streams == 1 and pool.size > 1:
             pool.notes["parallel"] = ("one stream: requests take turns in it; load with "
                                       f"{self.throughput_options} for parallel streams")
         return pool
 
+    def _request_runner(self, request, outputs: bool):
+        ports, output_ports = dict(self._input_names), list(self._output_ports)
+
+        def run(feed: dict[str, np.ndarray]):
+            results = request.infer({ports[name]: array for name, array in feed.items()}, share_inputs=True)
+            return [np.array(results[port], copy=True) for port in output_ports] if outputs else None
+        return run
+
     def _close_impl(self) -> None:
         self._request = None
         self._compiled = None
-
-
-class AsyncInferQueuePool(RequestPool):
-    """A ``RequestPool`` on OpenVINO's ``AsyncInferQueue``: a feeder thread hands queued requests to the
-    queue as its requests go idle (``start_async`` waits for one with the GIL released), and OpenVINO's
-    completion callback reports each one. Inputs are shared with the request, not copied."""
-
-    def __init__(self, engine: OpenVINOEngine, size: int, want_outputs: bool = False):
-        import openvino as ov
-
-        super().__init__(engine, size, want_outputs)
-        self._ports = dict(engine._input_names)
-        self._output_ports = list(engine._output_ports)
-        self._infer_queue = ov.AsyncInferQueue(engine._compiled, self.size)
-        self._infer_queue.set_callback(self._on_complete)
-        self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        self._feeder = threading.Thread(target=self._feed, name="deploybench-openvino-feeder", daemon=True)
-        self._feeder.start()
-
-    def _submit_impl(self, feed, on_done) -> None:
-        self._pending.put(({self._ports[name]: array for name, array in feed.items()}, on_done))
-
-    def _feed(self) -> None:
-        clock = time.perf_counter_ns
-        while True:
-            item = self._pending.get()
-            if item is None:
-                return
-            ports, on_done = item
-            self._infer_queue.get_idle_request_id()  # wait for a free request, so `started` is when it runs
-            started = clock()
-            try:
-                self._infer_queue.start_async(ports, userdata=(started, on_done, ports), share_inputs=True)
-            except Exception as exc:
-                self._finished(Completion(started, clock(), exc), on_done)
-
-    def _on_complete(self, request, userdata) -> None:
-        done = time.perf_counter_ns()
-        started, on_done, _ = userdata
-        error, outputs = None, None
-        if self.want_outputs:
-            try:
-                outputs = self.engine._standardize(
-                    [np.array(request.get_tensor(port).data, copy=True) for port in self._output_ports])
-            except Exception as exc:
-                error = exc
-        self._finished(Completion(started, done, error, outputs), on_done)
-
-    def _drain_pending(self) -> int:
-        dropped = 0
-        while True:
-            try:
-                self._pending.get_nowait()
-            except queue.Empty:
-                return dropped
-            dropped += 1
-
-    def _close_impl(self) -> None:
-        self._pending.put(None)
-        self._feeder.join(timeout=60)
-        self._infer_queue.wait_all()
-        self._infer_queue = None
 
 
 def _precision_name(value: Any) -> str:

@@ -8,8 +8,8 @@ the engine's ``runtime_notes["requests"]``.
 
 ``ThreadRequestPool`` runs each slot in a Python thread calling a blocking ``run(feed)``: the base
 engine's default (one slot: the base class cannot know whether a backend overlaps calls), ONNX
-Runtime (``session.run`` releases the GIL and is thread-safe) and TFLite (one slot).
-OpenVINO has its own pool on ``AsyncInferQueue`` (``engines/openvino.py``).
+Runtime (``session.run`` releases the GIL and is thread-safe), OpenVINO (one ``InferRequest`` per
+slot; ``infer`` releases the GIL) and TFLite (one slot). No Python code runs in a backend's threads.
 """
 
 from __future__ import annotations
@@ -118,22 +118,25 @@ class RequestPool(abc.ABC):
 
 class ThreadRequestPool(RequestPool):
     """``size`` Python threads, each calling ``run(feed)`` (a blocking call that releases the GIL while
-    the backend computes) on requests taken from one FIFO queue."""
+    the backend computes) on requests taken from one FIFO queue. ``run`` is one callable for every
+    slot, or a list of one per slot (a backend whose slots each own a request object)."""
 
-    def __init__(self, engine: Any, size: int, run: Callable[[dict[str, np.ndarray]], Any],
+    def __init__(self, engine: Any, size: int, run: Callable[[dict[str, np.ndarray]], Any] | list[Callable],
                  want_outputs: bool = False):
         super().__init__(engine, size, want_outputs)
-        self._run = run
+        runs = list(run) if isinstance(run, (list, tuple)) else [run] * self.size
+        if len(runs) != self.size:
+            raise DeployBenchError(f"{len(runs)} run callables for {self.size} slots: give one per slot")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"deploybench-request-{i}", daemon=True)
-                         for i in range(self.size)]
+        self._threads = [threading.Thread(target=self._work, args=(runs[i],), name=f"deploybench-request-{i}",
+                                          daemon=True) for i in range(self.size)]
         for thread in self._threads:
             thread.start()
 
     def _submit_impl(self, feed, on_done) -> None:
         self._queue.put((feed, on_done))
 
-    def _work(self) -> None:
+    def _work(self, run: Callable[[dict[str, np.ndarray]], Any]) -> None:
         clock = time.perf_counter_ns
         while True:
             item = self._queue.get()
@@ -143,7 +146,7 @@ class ThreadRequestPool(RequestPool):
             started = clock()
             error, outputs = None, None
             try:
-                raw = self._run(feed)
+                raw = run(feed)
                 if self.want_outputs:
                     outputs = self.engine._standardize(raw)
             except BaseException as exc:  # reported to the caller through the completion
