@@ -6,7 +6,8 @@ offline capacity (``run_offline`` for a moment on the same requests); a passing 
 fail] is bisected (geometric mean) until it is narrower than ``rel_tol`` or the trials or time run
 out. A trial passes when its p99 (planned arrival to completion) is within the budget AND the server
 kept up. The answer is always a rate that passed in a trial of its own, never an interpolation, so it
-never exceeds what was measured; the bracket is its resolution, and ``trials`` draw the p99 against
+never exceeds what was measured; the bracket is its resolution, the ``sure_low``/``sure_high`` range
+its noise (each trial's p99 has a confidence interval), and ``trials`` draw the p99 against
 offered rate curve with the budget line. When even the lowest rate tried fails, ``met`` is False
 and ``message`` says so with the figures.
 
@@ -41,13 +42,27 @@ class RateTrial:
     queries: int
     achieved_rate_per_s: float
     lateness_p99_ms: float  # the load generator's issue delay
+    p99_low_ms: float = 0.0  # 95 % confidence interval of the p99 (scenarios.percentile_interval)
+    p99_high_ms: float = 0.0
+    p99_bounded: bool = False  # False: too few queries to bound the p99 from above (high is the max)
     overload_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def surely_passed(self) -> bool:
+        return self.passed and self.p99_bounded
+
+    def surely_failed(self, budget_ms: float) -> bool:
+        return self.overloaded or self.p99_low_ms > budget_ms
 
 
 @dataclass
 class RateSearch:
     """``max_rate_per_s``: the highest offered rate that passed (None when none did); it lies in
-    ``[bracket_low, bracket_high)`` (high None: no failing rate was found above it)."""
+    ``[bracket_low, bracket_high)`` (high None: no failing rate was found above it), the search's resolution.
+    A trial's p99 is itself uncertain (a p99 of 600 queries rests on its 6 slowest), so ``sure_low`` is
+    the highest rate whose p99 interval lies under the budget and ``sure_high`` the lowest whose interval
+    lies above it (or that overloaded): the limit lies in [sure_low, sure_high) with the noise counted,
+    and that range, not the bracket, is the spread to compare repeated searches against."""
 
     p99_budget_ms: float
     met: bool
@@ -55,6 +70,8 @@ class RateSearch:
     bracket_low: float | None
     bracket_high: float | None
     capacity_per_s: float  # offline requests per second, where the search started from
+    sure_low: float | None
+    sure_high: float | None
     trials: list[RateTrial]
     message: str
     elapsed_s: float
@@ -75,13 +92,13 @@ class RateSearch:
 
 
 def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None = None,
-                  min_rate: float | None = None, trial_s: float = 2.0, min_queries: int = 200, max_trials: int = 12,
+                  min_rate: float | None = None, trial_s: float = 3.0, min_queries: int = 600, max_trials: int = 12,
                   max_time_s: float = 120.0, rel_tol: float = 0.05, seed: int = 0,
                   requests: int | None = None) -> RateSearch:
     """The highest Poisson arrival rate at which ``engine``'s p99 latency stays within ``p99_budget_ms``.
 
     Each trial lasts ``trial_s`` seconds or ``min_queries`` arrivals, whichever is longer (a p99 needs
-    a few hundred). The search stops after ``max_trials`` trials or ``max_time_s`` seconds, or when
+    several hundred: below ~460 its 95 % interval has no upper bound). The search stops after ``max_trials`` trials or ``max_time_s`` seconds, or when
     the bracket is within ``rel_tol``. ``min_rate`` (default: capacity / 64) is the lowest rate tried.
     """
     if not p99_budget_ms > 0:
@@ -107,7 +124,7 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
             passed = result.p99 <= p99_budget_ms and not result.overloaded
             trials.append(RateTrial(rate, result.p50, result.p90, result.p99, result.overloaded, passed,
                                     result.queries, result.achieved_rate_per_s, result.lateness.p99,
-                                    list(result.overload_reasons)))
+                                    *result.p99_interval_ms, result.p99_bounded, list(result.overload_reasons)))
             if passed:
                 low = rate
             else:
@@ -124,13 +141,17 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
                 rate = math.sqrt(low * high)
         size, notes = pool.size, dict(pool.notes)
     overhead = generator_overhead(low, duration_s=1.0, requests=size, seed=seed).latency if low else None
+    sure_low = max((t.rate_per_s for t in trials if t.surely_passed and t.p99_high_ms <= p99_budget_ms), default=None)
+    sure_high = min((t.rate_per_s for t in trials if t.surely_failed(p99_budget_ms)), default=None)
     return RateSearch(p99_budget_ms=float(p99_budget_ms), met=low is not None, max_rate_per_s=low, bracket_low=low,
-                      bracket_high=high, capacity_per_s=float(capacity), trials=trials,
-                      message=_message(p99_budget_ms, low, high, trials, rel_tol),
+                      bracket_high=high, capacity_per_s=float(capacity), sure_low=sure_low, sure_high=sure_high,
+                      trials=trials,
+                      message=_message(p99_budget_ms, low, high, trials, rel_tol, sure_low, sure_high),
                       elapsed_s=time.monotonic() - began, seed=seed, requests=size, overhead=overhead, notes=notes)
 
 
-def _message(budget: float, low: float | None, high: float | None, trials: list[RateTrial], rel_tol: float) -> str:
+def _message(budget: float, low: float | None, high: float | None, trials: list[RateTrial], rel_tol: float,
+             sure_low: float | None, sure_high: float | None) -> str:
     if low is None:
         lowest = min(trials, key=lambda t: t.rate_per_s)
         why = "the server was overloaded" if lowest.overloaded else f"p99 was {lowest.p99_ms:.2f} ms"
@@ -140,8 +161,10 @@ def _message(budget: float, low: float | None, high: float | None, trials: list[
         return (f"p99 stayed within {budget:g} ms up to {low:.4g}/s, the highest rate tried: the search ran "
                 "out of trials or time before a rate failed")
     resolved = "" if high / low <= 1 + rel_tol else f" (wider than {rel_tol:.0%}: trials or time ran out)"
+    noise = (f"; with each p99's 95 % interval counted it lies in [{sure_low or 0:.4g}, "
+             f"{'inf' if sure_high is None else f'{sure_high:.4g}'})/s")
     return (f"max rate {low:.4g}/s with p99 within {budget:g} ms; {high:.4g}/s failed: the limit lies in "
-            f"[{low:.4g}, {high:.4g})/s{resolved}")
+            f"[{low:.4g}, {high:.4g})/s{resolved}{noise}")
 
 
 __all__ = ["RateSearch", "RateTrial", "find_max_rate"]

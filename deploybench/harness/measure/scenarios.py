@@ -1,7 +1,7 @@
 """The offline and server scenarios of MLPerf LoadGen, on an engine's own parallel requests.
 
 *offline*: all samples are there at once; the figure is the highest throughput the backend gives
-on this machine with its own means (``engine.open_requests()``: OpenVINO's streams and async
+on this machine with its own means (``engine.open_requests()``: OpenVINO's streams and parallel
 requests, ONNX Runtime's concurrent runs). The pool is kept full (closed loop) for ``min_time_s``
 after a warm-up; throughput is samples (requests x batch) over the wall time from the first start
 to the last completion, as benchmark_app counts it. Each request's latency is the time it ran
@@ -88,6 +88,8 @@ class ServerResult:
     service: LatencyStats | None  # time in a slot (started -> completion) of the completed requests
     lateness: LatencyStats  # issue time - planned time: the load generator's own delay
     overloaded: bool
+    p99_interval_ms: list[float]  # 95 % confidence interval of p99 (percentile_interval); see p99_bounded
+    p99_bounded: bool
     overload_reasons: list[str] = field(default_factory=list)
     requests: int = 1
     notes: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +147,34 @@ def poisson_arrivals(rate_per_s: float, seed: int | np.random.SeedSequence = 0, 
         times = np.concatenate([times, times[-1] + np.cumsum(rng.exponential(1.0 / rate_per_s, chunk))])
     times = times[times < duration_s]
     return times if times.size else np.array([duration_s / 2])
+
+
+def percentile_interval(samples_ms, q: float = 99.0, confidence: float = 0.95) -> tuple[float, float, bool]:
+    """A distribution-free confidence interval of the q-th percentile: (low, high, bounded).
+
+    The number of samples at or below the true percentile is Binomial(n, q / 100), so the order
+    statistics x(r) and x(s) with P(r <= B < s) >= confidence bracket it. With too few samples the
+    upper rank lies past the largest sample: ``high`` is then the maximum and ``bounded`` False
+    (300 samples cannot bound a p99 at 95 %: P(all 300 below it) = 0.99^300 = 5 %).
+    """
+    values = np.sort(np.asarray(samples_ms, dtype=np.float64).ravel())
+    n = values.size
+    if n == 0:
+        raise DeployBenchError("no samples: a percentile interval needs at least one")
+    p = q / 100.0
+    k = np.arange(n + 1)
+    if p >= 1.0:
+        return float(values[-1]), float(values[-1]), False
+    # log pmf of Binomial(n, p) by the ratio of consecutive terms, then the CDF
+    steps = np.log(np.maximum(n - k[:-1], 1) / (k[:-1] + 1)) + np.log(p / (1 - p))
+    log_pmf = np.concatenate([[n * np.log1p(-p)], n * np.log1p(-p) + np.cumsum(steps)])
+    pmf = np.exp(log_pmf - log_pmf.max())
+    cdf = np.cumsum(pmf) / pmf.sum()  # cdf[j] = P(B <= j)
+    tail = (1 - confidence) / 2
+    r = int(np.searchsorted(cdf, tail, side="right"))  # P(B < r) <= tail: x(r) is at or below the percentile
+    s = int(np.searchsorted(cdf, 1 - tail, side="left")) + 1  # P(B < s) >= 1 - tail
+    low = float(values[max(r, 1) - 1])
+    return low, float(values[min(s, n) - 1]), s <= n
 
 
 def run_offline(engine, inputs, min_time_s: float = 2.0, requests: int | None = None, warmup_s: float = 0.5,
@@ -285,12 +315,14 @@ def serve_arrivals(pool, feed, rate_per_s: float, arrivals: np.ndarray, drain_s:
         else len(ends) / max((stop - t0) / 1e9, 1e-9)
     reasons = _overload_reasons(planned, done_now, finished, stop, arrival_rate, float(achieved), pool.size)
     service = (done_now[finished] - started_now[finished]) / 1e6
+    interval = percentile_interval(latency_ms, 99.0)
     return ServerResult(
         offered_rate_per_s=float(rate_per_s), arrival_rate_per_s=arrival_rate, achieved_rate_per_s=float(achieved),
         queries=n, completed=int(finished.sum()), unfinished=int(n - finished.sum()),
         duration_s=(stop - t0) / 1e9, seed=0, latency=latency_stats(latency_ms),
         service=latency_stats(service) if service.size else None,
         lateness=latency_stats((issued - planned) / 1e6), overloaded=bool(reasons), overload_reasons=reasons,
+        p99_interval_ms=[interval[0], interval[1]], p99_bounded=interval[2],
         requests=pool.size, notes=dict(pool.notes), latencies_ms=latency_ms.tolist(),
         arrivals_s=[float(a) for a in arrivals], issued_s=((issued - t0) / 1e9).tolist())
 
@@ -317,4 +349,5 @@ def _overload_reasons(planned, done, finished, stop: int, arrival_rate: float, a
     return reasons
 
 
-__all__ = ["OfflineResult", "ServerResult", "generator_overhead", "poisson_arrivals", "run_offline", "run_server"]
+__all__ = ["OfflineResult", "ServerResult", "generator_overhead", "percentile_interval", "poisson_arrivals",
+           "run_offline", "run_server", "serve_arrivals"]
