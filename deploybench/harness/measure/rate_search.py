@@ -141,7 +141,8 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
                 rate = math.sqrt(low * high)
         size, notes = pool.size, dict(pool.notes)
     overhead = generator_overhead(low, duration_s=1.0, requests=size, seed=seed).latency if low else None
-    sure_low = max((t.rate_per_s for t in trials if t.surely_passed and t.p99_high_ms <= p99_budget_ms), default=None)
+    sure_low = max((t.rate_per_s for t in trials if t.surely_passed and t.p99_high_ms <= p99_budget_ms),
+                   default=None)
     sure_high = min((t.rate_per_s for t in trials if t.surely_failed(p99_budget_ms)), default=None)
     return RateSearch(p99_budget_ms=float(p99_budget_ms), met=low is not None, max_rate_per_s=low, bracket_low=low,
                       bracket_high=high, capacity_per_s=float(capacity), sure_low=sure_low, sure_high=sure_high,
