@@ -17,6 +17,7 @@ import numpy as np
 
 from .._imports import quiet_import
 from ..spec import Artifact, DeployBenchError, PrecisionNotSupported, TensorSpec
+from .requests import RequestPool, ThreadRequestPool
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -148,6 +149,34 @@ class InferenceEngine(abc.ABC):
         feed = self.check_inputs(inputs)
         raw = self._infer_impl(feed)
         return self._standardize(raw)
+
+    # ---- parallel requests --------------------------------------------------------------
+    # Engine options that make a loaded engine serve throughput rather than one stream's latency
+    # (OpenVINO: the THROUGHPUT hint and its streams); the offline and server scenarios load with them.
+    throughput_options: ClassVar[dict[str, Any]] = {}
+
+    def open_requests(self, n: int | None = None, outputs: bool = False) -> RequestPool:
+        """A ``RequestPool`` keeping up to ``n`` requests in flight (None: the backend's own choice).
+
+        The base class runs one request at a time whatever ``n`` asks, since it cannot know whether a
+        backend's calls may overlap; backends that can run several override ``_open_requests_impl``.
+        What ran (requests, and the backend's streams or threads) goes to ``runtime_notes["requests"]``.
+        Do not call ``infer`` on this engine while a pool is open.
+        """
+        if not self._loaded:
+            raise DeployBenchError(f"{self.backend} engine for {self.artifact.path} is not loaded: call load() "
+                                   "before open_requests")
+        if n is not None and n < 1:
+            raise DeployBenchError(f"open_requests({n}): ask for at least 1 request, or None for the backend's choice")
+        pool = self._open_requests_impl(n, outputs)
+        pool.notes.setdefault("requests_asked", n)
+        self.runtime_notes["requests"] = dict(pool.notes)
+        return pool
+
+    def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
+        pool = ThreadRequestPool(self, 1, self._infer_impl, want_outputs=outputs)
+        pool.notes["parallel"] = f"one request at a time: the {self.backend} engine does not overlap calls"
+        return pool
 
     def check_inputs(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """Name a lone array, and check every array's name, rank, fixed axes and dtype."""

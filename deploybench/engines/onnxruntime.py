@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..spec import DeployBenchError
 from .base import InferenceEngine
+from .requests import RequestPool, ThreadRequestPool
 
 PROVIDERS = ("CPUExecutionProvider",)
 
@@ -98,6 +100,17 @@ class OnnxRuntimeEngine(InferenceEngine):
             raise DeployBenchError(f"onnxruntime failed running {self.artifact.path.name}: "
                                    f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         return dict(zip(self._output_names, values))
+
+    def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
+        """``n`` threads calling ``session.run`` at once (thread-safe, and it releases the GIL). By default
+        as many as the cores leave room for beside each run's intra-op threads: one when a run uses them all."""
+        intra = int(self.runtime_notes.get("intra_op_threads") or 0)
+        cores = os.cpu_count() or 1
+        size = n or max(1, cores // (intra or cores))
+        pool = ThreadRequestPool(self, size, self._infer_impl, want_outputs=outputs)
+        pool.notes.update({"mode": "concurrent session.run calls from Python threads",
+                           "intra_op_threads": intra, "cores": cores})
+        return pool
 
     def _close_impl(self) -> None:
         self._session = None

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..spec import DeployBenchError, PrecisionNotSupported
 from .base import InferenceEngine
+from .requests import RequestPool, ThreadRequestPool
 
 # Engine precision -> INFERENCE_PRECISION_HINT. int8 runs the quantized ops in int8 and what NNCF
 # left unquantized in f32: correct, and on this class of CPU as fast as the bf16 alternative.
@@ -36,6 +37,7 @@ class OpenVINOEngine(InferenceEngine):
     precisions = ("fp32", "fp16", "bf16", "int8")
     requires = "openvino"
     compiles_for_shapes = True
+    throughput_options = {"performance_hint": "THROUGHPUT"}
 
     def __init__(self, artifact, precision=None, threads=None, **options: Any):
         super().__init__(artifact, precision=precision, threads=threads, **options)
@@ -134,6 +136,36 @@ class OpenVINOEngine(InferenceEngine):
                                    f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         # The request reuses its output buffers on the next call: hand out copies.
         return [np.array(results[port], copy=True) for port in self._output_ports]
+
+    def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
+        """One ``InferRequest`` per slot, each run by a Python thread (``infer`` releases the GIL), by
+        default the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (as benchmark_app picks
+        ``-nireq``). Only a model compiled with the THROUGHPUT hint (``throughput_options``) runs them
+        in parallel streams; under LATENCY there is one stream and requests take turns in it.
+
+        Not ``AsyncInferQueue``: with a Python completion callback, OpenVINO released the callback (and
+        through it the last reference to the compiled model) in one of its stream threads, whose
+        executor then joined itself and aborted the process (1 run in 3 of tests/test_scenarios.py)."""
+        optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        size = n or optimal
+        runs = [self._request_runner(self._compiled.create_infer_request(), outputs) for _ in range(size)]
+        pool = ThreadRequestPool(self, size, runs, want_outputs=outputs)
+        streams = self.runtime_notes.get("streams")
+        pool.notes.update({"mode": "one InferRequest per Python thread", "performance_hint":
+                           self.runtime_notes.get("performance_hint"), "streams": streams,
+                           "threads": self.runtime_notes.get("threads"), "optimal_requests": optimal})
+        if streams == 1 and pool.size > 1:
+            pool.notes["parallel"] = ("one stream: requests take turns in it; load with "
+                                      f"{self.throughput_options} for parallel streams")
+        return pool
+
+    def _request_runner(self, request, outputs: bool):
+        ports, output_ports = dict(self._input_names), list(self._output_ports)
+
+        def run(feed: dict[str, np.ndarray]):
+            results = request.infer({ports[name]: array for name, array in feed.items()}, share_inputs=True)
+            return [np.array(results[port], copy=True) for port in output_ports] if outputs else None
+        return run
 
     def _close_impl(self) -> None:
         self._request = None

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..spec import DeployBenchError
 from .base import InferenceEngine
+from .requests import RequestPool, ThreadRequestPool
 
 
 class TFLiteEngine(InferenceEngine):
@@ -86,6 +87,15 @@ class TFLiteEngine(InferenceEngine):
                                        f"size {want}, got {got}; convert with that axis dynamic or feed size {want}")
         self._interpreter.resize_tensor_input(details["index"], list(shape), strict=True)
         self._current_shapes[name] = tuple(shape)
+
+    def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
+        """One request at a time on the engine's interpreter (an interpreter runs one invoke at once):
+        LiteRT's parallelism is inside the call, the interpreter's ``num_threads`` (XNNPACK's pool)."""
+        pool = ThreadRequestPool(self, 1, self._infer_impl, want_outputs=outputs)
+        pool.notes["parallel"] = (f"one request at a time on one interpreter; inside it num_threads="
+                                  f"{self.threads} ({'XNNPACK' if self.options.get('xnnpack', True) else 'builtin'}"
+                                  " kernels)")
+        return pool
 
     def _close_impl(self) -> None:
         self._interpreter = None
