@@ -147,7 +147,8 @@ class Result:
     are what a later process needs to measure this cell again (the gate's interleaved re-run), with
     ``dims_ran``: the size of every dynamic axis it ran at (the model's defaults and the cell's own).
     ``isolation`` says where the model code ran: ``worker`` (a process of its own) or
-    ``in-process: <why>``. ``extra`` holds backend-specific notes for people (what the runtime
+    ``in-process: <why>``. ``scenario_figures`` holds what an offline run (``OfflineResult``) or a server's
+    rate search (``RateSearch``) measured, as a dict; a single-stream cell leaves it empty. ``extra`` holds backend-specific notes for people (what the runtime
     or the converter did); nothing reads it back.
     """
 
@@ -178,6 +179,7 @@ class Result:
     machine_id: str | None = None
     isolation: str = ""
     samples_ms: list[float] = field(default_factory=list)
+    scenario_figures: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -17,7 +17,7 @@ from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
 from deploybench.harness.measure.timing import TimingRules
-from deploybench.spec import PRECISIONS, SCENARIOS, SINGLE_STREAM, STATIC, Cell, DeployBenchError
+from deploybench.spec import PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell, DeployBenchError
 
 # What a run measures when nothing is named (the CLI's defaults and the pytest plugin's).
 DEFAULT_MODELS = ("digits_cnn",)
@@ -81,6 +81,24 @@ class Sweep:
         return [dataclasses.replace(cell, **variant) for cell in cells for variant in self.variants()]
 
 
+@dataclass(frozen=True)
+class ServerRules:
+    """The server scenario: the highest Poisson arrival rate whose p99 (arrival to completion) stays
+    within ``p99_budget_ms``; each trial runs ``trial_s`` seconds (and enough queries to bound a p99),
+    the whole search at most ``max_time_s``."""
+
+    p99_budget_ms: float | None = None
+    trial_s: float = 3.0
+    max_time_s: float = 120.0
+
+    def __post_init__(self):
+        if self.p99_budget_ms is not None and not self.p99_budget_ms > 0:
+            raise DeployBenchError(f"p99 budget {self.p99_budget_ms} must be a positive number of ms, e.g. 20")
+        if not self.trial_s > 0 or self.max_time_s < self.trial_s:
+            raise DeployBenchError(f"server trials of {self.trial_s} s within {self.max_time_s} s: both positive, "
+                                   "the trial the shorter")
+
+
 @dataclass
 class RunSettings:
     """Everything that decides how the cells of a run are measured. Validated on creation.
@@ -105,6 +123,7 @@ class RunSettings:
     in_process: bool = False
     calibration_data: str | None = None
     sweep: Sweep = field(default_factory=Sweep)
+    server: ServerRules = field(default_factory=ServerRules)
 
     def __post_init__(self):
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -112,6 +131,8 @@ class RunSettings:
                                    "each backend choose")
         if self.timeout_s <= 0:
             raise DeployBenchError(f"timeout {self.timeout_s} must be positive (seconds per stage of a cell)")
+        if SERVER in self.sweep.scenarios and self.server.p99_budget_ms is None:
+            raise DeployBenchError("the server scenario needs a latency budget: add --p99-budget-ms, e.g. 20")
         if self.calibration_data is not None and not Path(self.calibration_data).is_file():
             raise DeployBenchError(f"--calibration-data {self.calibration_data} is not a file: give an .npz with one "
                                    "array per model input, samples along axis 0")
@@ -264,6 +285,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--cache-dir",), ("--deploybench-cache",), dict(
         dest="cache_dir", default=None, metavar="DIR",
         help="conversion cache (default: $DEPLOYBENCH_CACHE or .deploybench-cache)")),
+    Option(("--scenarios",), ("--scenarios",), dict(
+        dest="scenarios", type=_choices(SCENARIOS), default=None, metavar="NAME[,NAME...]",
+        help="how requests arrive, as MLPerf LoadGen names it: single-stream (default: one at a time, latency), "
+             "offline (all at once: the highest throughput, with the backend's own parallel requests), server "
+             "(Poisson arrivals: the highest rate whose p99 stays under --p99-budget-ms)")),
+    Option(("--p99-budget-ms",), ("--p99-budget-ms",), dict(
+        dest="p99_budget_ms", type=positive_float, default=None, metavar="MS",
+        help="the server scenario's latency budget: p99 from arrival to completion, queueing included")),
     Option(("--calibration-data",), ("--calibration-data",), dict(
         dest="calibration_data", default=None, metavar="FILE.npz",
         help="calibrate int8 on these samples: one array per model input, samples along axis 0 (default: the "
@@ -321,11 +350,15 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
     dims = value("dims") or ()
     dims = tuple((name, _sizes(sizes, name)) for name, sizes in (dims.items() if isinstance(dims, Mapping) else dims))
     shapes = value("shapes") or (STATIC,)
+    scenarios = value("scenarios") or (SINGLE_STREAM,)
     sweep = Sweep(batch_sizes=_sizes(value("batch_sizes"), "batch sizes"), dims=dims,
                   threads=threads if len(threads) > 1 else (),
-                  shapes=_choices(SHAPES)(shapes) if isinstance(shapes, str) else tuple(shapes))
+                  shapes=_choices(SHAPES)(shapes) if isinstance(shapes, str) else tuple(shapes),
+                  scenarios=_choices(SCENARIOS)(scenarios) if isinstance(scenarios, str) else tuple(scenarios))
+    budget = value("p99_budget_ms")
     return RunSettings(
         threads=threads[0] if len(threads) == 1 else None, seed=int(value("seed")), sweep=sweep,
+        server=ServerRules(p99_budget_ms=float(budget) if budget else None),
         timing=TimingRules(min_samples=int(value("min_samples")), min_time_s=min_time,
                            max_time_s=max(max_time, min_time)),
         memory=MemoryRules(enabled=not value("no_memory")),
@@ -335,5 +368,5 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         calibration_data=str(Path(value("calibration_data")).resolve()) if value("calibration_data") else None)
 
 
-__all__ = ["DEFAULT_BACKENDS", "DEFAULT_MODELS", "DEFAULT_PRECISIONS", "DEFAULT_STAGE_TIMEOUT_S", "MemoryRules", "OPTIONS", "RunSettings", "SHAPES", "Sweep", "TimingRules", "add_options",
+__all__ = ["DEFAULT_BACKENDS", "DEFAULT_MODELS", "DEFAULT_PRECISIONS", "DEFAULT_STAGE_TIMEOUT_S", "MemoryRules", "OPTIONS", "RunSettings", "SHAPES", "ServerRules", "Sweep", "TimingRules", "add_options",
            "parse_dim_sweep", "parse_tolerances", "positive_float", "positive_int", "positive_ints", "settings_from_options"]

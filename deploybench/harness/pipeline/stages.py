@@ -20,7 +20,7 @@ from typing import Any
 
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.resolve import ModelSource
-from deploybench.spec import (STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
+from deploybench.spec import (OFFLINE, SINGLE_STREAM, STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
                               NotSupported, PrecisionNotSupported, Result, ShapeNotSupported, ToleranceCheck)
 
 # What a cell can be asked to measure; the pytest plugin asks only for what its selected tests need.
@@ -137,6 +137,14 @@ def compile_options(cell: Cell, dims: dict[str, int]) -> dict[str, Any]:
     return {"static_dims": dict(dims)}
 
 
+def scenario_options(cell: Cell) -> dict[str, Any]:
+    """Engine options of the cell's scenario: offline and server load for throughput (OpenVINO's THROUGHPUT
+    hint and its streams), single-stream for one request's latency."""
+    from deploybench.engines import engine_class
+
+    return {} if cell.scenario == SINGLE_STREAM else dict(engine_class(cell.backend).throughput_options)
+
+
 def record_artifact(artifact: Artifact, started: float, result: Result) -> None:
     on_disk = bool(artifact.files) and artifact.path.exists()
     result.conversion_s = artifact.conversion_s or (0.0 if artifact.cached else time.perf_counter() - started)
@@ -176,9 +184,12 @@ def load(cell: Cell, artifact: Artifact, settings: RunSettings, **engine_options
 
 
 def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: Result) -> None:
-    """Steady-state latency under the timing rules; a detector also gets its end-to-end latency."""
+    """Steady-state latency under the timing rules, in the cell's scenario; a detector also gets its
+    end-to-end latency."""
     from deploybench.harness.measure.timing import benchmark_inference
 
+    if result.cell.scenario != SINGLE_STREAM:
+        return time_scenario(engine, inputs, settings, result)
     timing = benchmark_inference(engine, inputs, first_inference_ms=result.first_inference_ms,
                                  rules=settings.timing)
     result.latency_ms, result.samples_ms = timing.stats, timing.samples_ms
@@ -191,6 +202,32 @@ def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: 
             result.extra.update(end_to_end_latency(engine, spec))
         except Exception as exc:  # the inference figures already measured stand
             result.extra["e2e_error"] = one_line(exc)
+
+
+def time_scenario(engine, inputs, settings: RunSettings, result: Result) -> None:
+    """offline: the highest throughput on the backend's own parallel requests, each request's time as the
+    latency. server: the highest Poisson rate whose p99 stays within the budget; its throughput is that
+    rate's items per second, and the latency columns stay empty (the p99 at each rate tried is in
+    ``scenario_figures``)."""
+    if result.cell.scenario == OFFLINE:
+        from deploybench.harness.measure.scenarios import run_offline
+
+        offline = run_offline(engine, inputs, min_time_s=settings.timing.min_time_s,
+                              max_time_s=max(settings.timing.max_time_s, settings.timing.min_time_s))
+        result.latency_ms, result.throughput_ips = offline.latency, offline.samples_per_s
+        result.scenario_figures = offline.to_dict()
+        return
+    from deploybench.harness.measure.rate_search import find_max_rate
+    from deploybench.harness.measure.timing import batch_size_of
+
+    rules = settings.server
+    search = find_max_rate(engine, inputs, rules.p99_budget_ms, trial_s=rules.trial_s, max_time_s=rules.max_time_s,
+                           seed=settings.seed)
+    result.scenario_figures = search.to_dict()
+    if search.max_rate_per_s is not None:
+        result.throughput_ips = search.max_rate_per_s * batch_size_of(inputs)
+    if not search.met:
+        raise CellStopped(STATUS_FAILED, search.message)
 
 
 def judge_accuracy(engine, session: ModelSession, cell: Cell, inputs, reference, settings: RunSettings,
@@ -240,7 +277,8 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
             measure_memory(session, cell, artifact, settings, inputs, result)
         if TIME in measures or ACCURACY in measures:
             enter("load")
-            engine = load(cell, artifact, settings, **compile_options(cell, run_dims(session.spec, settings)))
+            engine = load(cell, artifact, settings, **compile_options(cell, run_dims(session.spec, settings)),
+                          **scenario_options(cell))
             result.load_ms = engine.load_ms
             enter("first_inference")
             from deploybench.harness.measure.timing import time_first_inference
@@ -273,4 +311,4 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
 
 
 __all__ = ["ACCURACY", "MEASURES", "MEMORY", "TIME", "CellStopped", "ModelSession", "check_availability",
-           "check_shape", "compile_options", "run_dims", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "time_engine"]
+           "check_shape", "compile_options", "run_dims", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "scenario_options", "time_engine", "time_scenario"]

@@ -12,12 +12,12 @@ from typing import Any
 
 from deploybench.harness.gate.statistics import REGRESSION, UNCHANGED
 from deploybench.harness.gate.verdict import LATENCY, Verdict, by_severity, gate_results, verdict_summary
-from deploybench.harness.report import plots, sweeps
+from deploybench.harness.report import load, plots, sweeps
 from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, cell_notes
 from deploybench.harness.report.table import (BEST_LEGEND, COLUMNS, cell_row, cells_not_run, is_unstable, machine_line,
                                               model_groups, number, ratio_text, with_detector_columns)
 from deploybench.harness.results.history import StoredRun, list_runs
-from deploybench.spec import Cell, Result
+from deploybench.spec import OFFLINE, SERVER, Cell, Result
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1250px;
@@ -142,6 +142,15 @@ def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] 
             if series:
                 parts.append(f"<h3>{_e(model)}: scaling with {_e(axis)}</h3>")
                 parts.append(_plot(sweeps.scaling_svg(series, title=f"{model}: latency and throughput by {axis}")))
+    for model in dict.fromkeys(r.cell.model for r in ok):
+        rows = [r for r in ok if r.cell.model == model]
+        if any(r.cell.scenario == OFFLINE for r in rows):
+            parts.append(f"<h3>{_e(model)}: latency against throughput</h3>")
+            parts.append(_plot(load.latency_throughput_svg(rows, title=f"{model}: single-stream and offline")))
+        if any(r.cell.scenario == SERVER and r.scenario_figures for r in results if r.cell.model == model):
+            parts.append(f"<h3>{_e(model)}: server</h3>")
+            parts.append(_plot(load.server_curve_svg([r for r in results if r.cell.model == model],
+                                                     title=f"{model}: p99 against offered rate")))
     if ok:
         parts.append("<h3>Peak memory</h3>")
         parts.append(_plot(plots.memory_svg(ok, title=f"{label}: peak memory per cell")))

@@ -70,12 +70,40 @@ def cell_notes(result: Result) -> list[CellNote]:
                                          "representative accuracy"))
     if result.ok and not result.passes_accuracy:
         notes.append(CellNote(STATUS, f"accuracy fails: {result.tolerance.message}"))
+    scenario = scenario_text(result)
+    if scenario:
+        notes.append(CellNote(STATUS, scenario))
     if result.ok and hit_time_cap(result):
         # one text for every capped cell, so a run of many shares one footnote; the status names the cap
         notes.append(CellNote(STATUS, "unstable: the timing hit the --max-time cap before the median was pinned "
                                       "down, so the figure may move between runs; a quieter machine or a higher "
                                       "--max-time settles it"))
     return notes
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def scenario_text(result: Result) -> str | None:
+    """What an offline run or a server's rate search found, in one line (None for a single-stream cell)."""
+    figures = result.scenario_figures
+    if not figures:
+        return None
+    if "samples_per_s" in figures:  # offline
+        requests = figures.get("requests")
+        return (f"offline: {_rate(figures['samples_per_s'])} items/s with {requests} request{'s' * (requests != 1)} "
+                f"in flight (measured overlap {figures.get('mean_in_flight', 0):.2f}); latency columns: each "
+                "request's time")
+    budget, rate = figures.get("p99_budget_ms"), figures.get("max_rate_per_s")
+    passed = [t for t in figures.get("trials", []) if t.get("rate_per_s") == rate]
+    at_rate = f", p99 {passed[-1]['p99_ms']:.3g} ms there" if passed else ""
+    sure = (f"; the limit lies in {_rate(figures['sure_low'])}-{_rate(figures['sure_high'])}/s with the noise counted"
+            if figures.get("sure_low") and figures.get("sure_high") else "")
+    if rate is None:
+        return f"server: {figures.get('message') or f'no rate met p99 <= {budget} ms'}"
+    return (f"server: at most {_rate(rate)} requests/s keep p99 <= {budget:g} ms{at_rate} "
+            f"({len(figures.get('trials', []))} trials{sure})")
 
 
 class Footnotes:

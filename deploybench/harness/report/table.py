@@ -12,11 +12,12 @@ from typing import Any
 from deploybench.harness.report.notes import PRECISION, STATUS, Footnotes, hit_time_cap, time_cap_text
 from deploybench.harness.report.sweeps import scaling_lines
 from deploybench.harness.results.cells import best_cell
-from deploybench.spec import Accuracy, LatencyStats, Result
+from deploybench.spec import SINGLE_STREAM, Accuracy, LatencyStats, Result
 
 BEST_MARK = "★"
 UNSTABLE_MARK = "~"
 BEST_LEGEND = f"{BEST_MARK} fastest median among ok cells that pass accuracy"
+THROUGHPUT_LEGEND = f"in offline and server groups {BEST_MARK} marks the highest throughput"
 
 COLUMNS = ("", "format", "backend", "precision", "median ms", "p99 ms", "± IQR", "ips", "load ms", "first ms",
            "peak MB", "size MB", "max abs err", "metric", "status")
@@ -244,7 +245,8 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
             lines.append(f"  {r.status:8} {r.cell.id}{where}: {r.reason or 'no reason given'}")
     if any(group.best for group in groups):
         lines.append("")
-        lines.append(f"legend: {BEST_LEGEND}, {UNSTABLE_MARK} unstable")
+        by_throughput = any(r.cell.scenario != SINGLE_STREAM for r in results)
+        lines.append(f"legend: {BEST_LEGEND}, {UNSTABLE_MARK} unstable" + (f"; {THROUGHPUT_LEGEND}" if by_throughput else ""))
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
