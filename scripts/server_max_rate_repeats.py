@@ -61,7 +61,7 @@ def main() -> int:
             print(f"repeat {repeat}: {search.message}; {len(search.trials)} trials in {search.elapsed_s:.0f} s, "
                   f"offline capacity {search.capacity_per_s:.0f}/s, load {os.getloadavg()[0]:.2f}")
             for t in search.trials:
-                print(f"    {t.rate_per_s:8.1f}/s  p50 {t.p50_ms:6.2f}  p90 {t.p90_ms:6.2f}  p99 {t.p99_ms:7.2f} ms  "
+                print(f"    {t.rate_per_s:8.1f}/s x{t.runs}  p50 {t.p50_ms:6.2f}  p90 {t.p90_ms:6.2f}  p99 {t.p99_ms:7.2f} ms  "
                       f"{'pass' if t.passed else 'FAIL'}{'  overloaded' if t.overloaded else ''}  "
                       f"generator lateness p99 {t.lateness_p99_ms:.2f} ms")
             if search.overhead:

@@ -5,7 +5,8 @@ offline capacity (``run_offline`` for a moment on the same requests); a passing 
 1.5x until one fails, a failing one halved until one passes, then the bracket [highest pass, lowest
 fail] is bisected (geometric mean) until it is narrower than ``rel_tol`` or the trials or time run
 out. A trial passes when its p99 (planned arrival to completion) is within the budget AND the server
-kept up. The answer is always a rate that passed in a trial of its own, never an interpolation, so it
+kept up; a trial whose p99 interval straddles the budget is run again at the same rate (latencies
+pooled, at most ``max_extensions`` times) so that one unlucky run does not set the bracket. The answer is always a rate that passed in a trial of its own, never an interpolation, so it
 never exceeds what was measured; the bracket is its resolution, the ``sure_low``/``sure_high`` range
 its noise (each trial's p99 has a confidence interval), and ``trials`` draw the p99 against
 offered rate curve with the budget line. When even the lowest rate tried fails, ``met`` is False
@@ -24,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from deploybench.harness.measure.scenarios import (closed_loop, generator_overhead, poisson_arrivals, run_offline,
-                                                   serve_arrivals)
+from deploybench.harness.measure.scenarios import (closed_loop, generator_overhead, percentile_interval,
+                                                   poisson_arrivals, run_offline, serve_arrivals)
+from deploybench.harness.measure.stats import latency_stats
 from deploybench.spec import DeployBenchError, LatencyStats
 
 
@@ -46,6 +48,7 @@ class RateTrial:
     p99_high_ms: float = 0.0
     p99_bounded: bool = False  # False: too few queries to bound the p99 from above (high is the max)
     overload_reasons: list[str] = field(default_factory=list)
+    runs: int = 1  # runs at this rate whose latencies were pooled (more when the first left p99 undecided)
 
     @property
     def surely_passed(self) -> bool:
@@ -94,12 +97,15 @@ class RateSearch:
 def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None = None,
                   min_rate: float | None = None, trial_s: float = 3.0, min_queries: int = 600, max_trials: int = 12,
                   max_time_s: float = 120.0, rel_tol: float = 0.05, seed: int = 0,
-                  requests: int | None = None) -> RateSearch:
+                  requests: int | None = None, max_extensions: int = 2) -> RateSearch:
     """The highest Poisson arrival rate at which ``engine``'s p99 latency stays within ``p99_budget_ms``.
 
     Each trial lasts ``trial_s`` seconds or ``min_queries`` arrivals, whichever is longer (a p99 needs
-    several hundred: below ~460 its 95 % interval has no upper bound). The search stops after ``max_trials`` trials or ``max_time_s`` seconds, or when
-    the bracket is within ``rel_tol``. ``min_rate`` (default: capacity / 64) is the lowest rate tried.
+    several hundred: below ~460 its 95 % interval has no upper bound). A trial whose p99 interval
+    straddles the budget is extended (up to ``max_extensions`` more runs at that rate, latencies
+    pooled) until it surely passes or fails: one unlucky run then no longer sets the bracket. The
+    search stops after ``max_trials`` trials or ``max_time_s`` seconds, or when the bracket is within
+    ``rel_tol``. ``min_rate`` (default: capacity / 64) is the lowest rate tried.
     """
     if not p99_budget_ms > 0:
         raise DeployBenchError(f"p99_budget_ms {p99_budget_ms} must be a positive number of milliseconds")
@@ -109,7 +115,7 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
     capacity = run_offline(engine, inputs, min_time_s=0.5, warmup_s=0.2, requests=requests).requests_per_s
     rate = start_rate or capacity / 2
     floor = min_rate or capacity / 64
-    seeds = iter(np.random.SeedSequence(seed).spawn(max_trials))
+    seeds = np.random.SeedSequence(seed)
     trials: list[RateTrial] = []
     low = high = None  # highest passing, lowest failing rate
     feed = engine.check_inputs(inputs)
@@ -117,14 +123,10 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
     with engine.open_requests(requests) as pool:
         closed_loop(pool, feed, 0.3, 0, 30.0)
         while len(trials) < max_trials and time.monotonic() - began < max_time_s:
-            duration = max(trial_s, min_queries / rate)
-            result = serve_arrivals(pool, feed, rate, poisson_arrivals(rate, next(seeds), duration_s=duration),
-                                    min(drain_s, duration))
-            pool.wait_all(timeout=60)  # requests still running after an overloaded trial
-            passed = result.p99 <= p99_budget_ms and not result.overloaded
-            trials.append(RateTrial(rate, result.p50, result.p90, result.p99, result.overloaded, passed,
-                                    result.queries, result.achieved_rate_per_s, result.lateness.p99,
-                                    *result.p99_interval_ms, result.p99_bounded, list(result.overload_reasons)))
+            trial = _trial(pool, feed, rate, max(trial_s, min_queries / rate), drain_s, seeds, p99_budget_ms,
+                           max_extensions)
+            trials.append(trial)
+            passed = trial.passed
             if passed:
                 low = rate
             else:
@@ -149,6 +151,29 @@ def find_max_rate(engine, inputs, p99_budget_ms: float, start_rate: float | None
                       trials=trials,
                       message=_message(p99_budget_ms, low, high, trials, rel_tol, sure_low, sure_high),
                       elapsed_s=time.monotonic() - began, seed=seed, requests=size, overhead=overhead, notes=notes)
+
+
+def _trial(pool, feed, rate: float, duration: float, drain_s: float, seeds: np.random.SeedSequence,
+           budget: float, max_extensions: int) -> RateTrial:
+    """Serve ``rate`` for ``duration``; while the pooled p99's interval straddles the budget, serve again."""
+    latencies: list[float] = []
+    reasons: list[str] = []
+    overloaded, achieved, lateness_p99 = False, [], 0.0
+    for _ in range(1 + max_extensions):
+        result = serve_arrivals(pool, feed, rate, poisson_arrivals(rate, seeds.spawn(1)[0], duration_s=duration),
+                                min(drain_s, duration))
+        pool.wait_all(timeout=60)  # requests still running after an overloaded run
+        latencies += result.latencies_ms
+        overloaded, reasons = overloaded or result.overloaded, reasons + result.overload_reasons
+        achieved.append(result.achieved_rate_per_s)
+        lateness_p99 = max(lateness_p99, result.lateness.p99)
+        low, high, bounded = percentile_interval(latencies, 99.0)
+        if overloaded or low > budget or (bounded and high <= budget):
+            break
+    stats = latency_stats(latencies)
+    return RateTrial(rate, stats.median, stats.p90, stats.p99, overloaded, stats.p99 <= budget and not overloaded,
+                     len(latencies), float(np.mean(achieved)), lateness_p99, low, high, bounded, reasons,
+                     runs=len(achieved))
 
 
 def _message(budget: float, low: float | None, high: float | None, trials: list[RateTrial], rel_tol: float,
