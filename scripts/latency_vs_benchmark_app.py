@@ -21,10 +21,10 @@ from pathlib import Path
 MEDIAN = re.compile(r"Median:\s+([\d.]+)\s*ms")
 
 
-def benchmark_app_median(xml: Path, shape: list[int], seconds: float) -> float:
+def benchmark_app_median(xml: Path, shape: list[int], seconds: int) -> float:
     command = [str(Path(sys.executable).with_name("benchmark_app")), "-m", str(xml), "-d", "CPU", "-hint", "latency",
                "-shape", "[" + ",".join(map(str, shape)) + "]", "-infer_precision", "f32",
-               "-t", f"{seconds:g}"]
+               "-t", str(seconds)]  # benchmark_app takes whole seconds
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     found = MEDIAN.search(done.stdout)
     if not found:
@@ -36,7 +36,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--pairs", type=int, default=9)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
 
     from deploybench.converters import deploy_model

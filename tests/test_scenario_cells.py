@@ -49,3 +49,20 @@ def test_a_server_cell_finds_a_rate_under_its_budget_and_an_impossible_budget_fa
 def test_the_server_scenario_without_a_budget_is_refused_before_anything_runs():
     with pytest.raises(DeployBenchError, match="needs a latency budget: add --p99-budget-ms"):
         RunSettings(sweep=Sweep(scenarios=("single-stream", "server")))
+
+
+def test_the_gate_shows_an_offline_cells_throughput_and_never_re_times_it_one_request_at_a_time():
+    from deploybench.harness.gate.pairs import pairs_to_interleave
+    from deploybench.harness.gate.statistics import INCONCLUSIVE
+    from deploybench.harness.gate.verdict import LATENCY, gate_results
+    from deploybench.spec import Result
+
+    def offline(ips: float) -> Result:
+        return Result(Cell("m", "onnx", "openvino", "fp32", scenario="offline"), throughput_ips=ips,
+                      artifact_path=__file__)
+
+    base, cur = offline(100.0), offline(50.0)
+    latency = [v for v in gate_results([base], [cur]) if v.metric == LATENCY]
+    assert len(latency) == 1 and latency[0].verdict == INCONCLUSIVE and latency[0].ratio == 0.5
+    assert "offline throughput (items/s) from two separate runs: shown, not judged" in latency[0].reason
+    assert pairs_to_interleave([base], [cur], require_files=False) == []

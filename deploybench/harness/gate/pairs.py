@@ -13,7 +13,7 @@ from deploybench.harness.gate.interleave import Interleaved, interleave_results
 from deploybench.harness.gate.statistics import REGRESSION
 from deploybench.harness.gate.verdict import GateSettings, Verdict, verdict_summary, verdict_table
 from deploybench.resolve import is_rebuildable_ref
-from deploybench.spec import DeployBenchError, Result
+from deploybench.spec import SINGLE_STREAM, DeployBenchError, Result
 
 Pair = tuple[Result, Result]
 
@@ -91,7 +91,10 @@ def same_artifact_ids(pairs: Iterable[Pair]) -> set[str]:
 
 def can_interleave(result: Result) -> bool:
     """Whether this machine can load the cell's artifact again: its file is here, or (a torch cell)
-    its model can be rebuilt from its ref."""
+    its model can be rebuilt from its ref. An offline or server cell is not re-run: one request at a
+    time says nothing of its figure."""
+    if result.cell.scenario != SINGLE_STREAM:
+        return False
     if result.cell.format == "torch":
         return is_rebuildable_ref(result.model_ref)
     return bool(_artifact_files(result.artifact_path))
@@ -101,7 +104,7 @@ def pairs_to_interleave(baseline: Iterable[Result], current: Iterable[Result], r
                         ) -> list[Pair]:
     """The pairs to re-run interleaved: every shared cell, or (``require_files``) those whose two
     artifacts can both be loaded here."""
-    pairs = shared_pairs(baseline, current)
+    pairs = [p for p in shared_pairs(baseline, current) if p[0].cell.scenario == SINGLE_STREAM]
     return [p for p in pairs if not require_files or (can_interleave(p[0]) and can_interleave(p[1]))]
 
 

@@ -16,7 +16,7 @@ from deploybench.harness.gate.statistics import (CONFIDENCE, DEFAULT_DRIFT_ALLOW
 from deploybench.harness.results.history import find_run, list_runs
 from deploybench.harness.results.io import load_results_file
 from deploybench.harness.results.cells import median_ms
-from deploybench.spec import STATUS_FAILED, STATUS_TIMEOUT, DeployBenchError, Result
+from deploybench.spec import SINGLE_STREAM, STATUS_FAILED, STATUS_TIMEOUT, DeployBenchError, Result
 
 MODE_INTERLEAVED, MODE_HISTORY, MODE_TWO_RUN = "interleaved", "history", "two-run"
 MODE_SAME_ARTIFACT = "same artifact"
@@ -74,6 +74,13 @@ class GateSettings:
 
 def _latency_verdict(cell_id: str, base: Result, cur: Result, settings: GateSettings,
                      history: Sequence[float] | None, interleaved: Any | None) -> Verdict | None:
+    if base.cell.scenario != SINGLE_STREAM:
+        # an offline or server figure is items per second from a whole load run; the interleaved re-run
+        # times one request at a time, so it cannot judge it: shown, never judged
+        before, after = base.throughput_ips, cur.throughput_ips
+        return Verdict(cell_id, LATENCY, INCONCLUSIVE, after / before if before and after else None, None, before,
+                       after, MODE_TWO_RUN, f"{base.cell.scenario} throughput (items/s) from two separate runs: shown, "
+                       "not judged; gate the single-stream cell of the same model for latency")
     base_median, cur_median = median_ms(base), median_ms(cur)
     if interleaved is not None and interleaved.ratios:
         # the medians beside the ratio are the interleaved blocks', not the two runs'
