@@ -202,3 +202,19 @@ def test_the_gates_interleaved_rerun_runs_a_swept_cell_at_its_own_shape_and_thre
         assert engine.runtime_notes["shapes"] == "static input 4x3x16x16" and engine.runtime_notes["threads"] == 1
     finally:
         engine.close()
+
+
+def test_a_static_compile_the_backend_cannot_do_falls_back_to_dynamic_and_says_so():
+    """OpenVINO 2026.4's low-precision passes throw on tiny_transformer's int8 QDQ graph made static
+    (found by `make demo`); the cell is then measured dynamic, and its notes and the table say so."""
+    from deploybench.harness.report.table import terminal_table
+
+    result = run_one_cell("tiny_transformer", Cell("tiny_transformer", "onnx", "openvino", "int8"),
+                          RunSettings(**FAST))
+    assert result.status == "ok", result.reason
+    notes = result.extra["runtime_notes"]
+    if notes.get("static_compile_failed"):
+        assert notes["shapes"] == "dynamic"
+        assert "measured with dynamic shapes: the backend's static compile failed" in terminal_table([result])
+    else:  # a later OpenVINO compiles it: then the static compile is what ran
+        assert notes["shapes"] == "static tokens 1x32"

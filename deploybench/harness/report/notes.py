@@ -70,6 +70,10 @@ def cell_notes(result: Result) -> list[CellNote]:
                                          "representative accuracy"))
     if result.ok and not result.passes_accuracy:
         notes.append(CellNote(STATUS, f"accuracy fails: {result.tolerance.message}"))
+    failed_static = (result.extra.get("runtime_notes") or {}).get("static_compile_failed")
+    if failed_static:
+        notes.append(CellNote(STATUS, f"measured with dynamic shapes: the backend's static compile failed "
+                                      f"({failed_static})"))
     scenario = scenario_text(result)
     if scenario:
         notes.append(CellNote(STATUS, scenario))
