@@ -81,7 +81,8 @@ def test_run_settings_say_how_to_fix_a_bad_value():
         RunSettings(threads=0)
 
 
-@pytest.mark.parametrize("fmt,backend", [("torch", "torch"), ("onnx", "onnxruntime"), ("openvino", "openvino")])
+@pytest.mark.parametrize("fmt,backend", [("torch", "torch"), ("onnx", "onnxruntime"),
+                                         pytest.param("openvino", "openvino", marks=pytest.mark.openvino)])
 def test_run_cell_of_small_cnn_fp32_matches_torch(small_cnn_spec, fmt, backend):
     result = run_one_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(threads=1, **FAST))
     assert result.status == "ok", result.reason
