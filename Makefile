@@ -22,7 +22,7 @@ DEMO_MODELS ?= digits_cnn,resnet18,mobilenet_v3,tiny_transformer,shapes_detector
 demo: venv
 	$(VENV)/bin/deploybench run --models $(DEMO_MODELS) --backends torch,onnxruntime,openvino \
 		--precisions fp32,int8 --threads 2 --output demo-results.json
-	$(VENV)/bin/deploybench report demo-results.json --html demo-report.html --markdown demo-report.md
+	$(VENV)/bin/deploybench report demo-results.json --no-table --html demo-report.html --markdown demo-report.md
 
 # The fast path CI runs: tests of deploybench itself; slow matrix runs are marked and left out.
 test: venv

@@ -16,7 +16,7 @@ from .harness.pipeline.settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, DEFAUL
 from .spec import DeployBenchError, parse_csv
 
 PROG = "deploybench"
-EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_CELL_FAILED, EXIT_USAGE, EXIT_NO_CELL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Subcommands owned by other modules: name -> (module, add-arguments function, command function, help).
 LAZY_COMMANDS = {
@@ -37,7 +37,9 @@ LAZY_COMMANDS = {
 
 RUN_EPILOG = """\
 exit status: 0 when every cell is ok or skipped (a backend missing here is a skip, with its reason),
-1 when any cell failed or timed out, 2 for a usage error (bad option, unknown model or backend),
+1 when any cell failed or timed out, 2 for a usage error (bad option, unknown model or backend,
+an --output that cannot be written; one written at the end falls back to a file it names),
+3 when no cell matched the models, backends, precisions, --formats and --shard asked for,
 130 when interrupted (Ctrl-C or SIGTERM): the cells measured so far are written, marked incomplete,
 and `--resume RESULTS` runs only the missing ones.
 
@@ -133,6 +135,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .harness.run import run_deployment_benchmark
     from .harness.pipeline.plan import parse_shard
     from .harness.report.matrix import Matrix
+    from .harness.results.io import check_writable
 
     refs = parse_csv(args.models)
     backends = parse_csv(args.backends)
@@ -142,6 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not backends or not precisions:
         raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
     shard = parse_shard(args.shard) if args.shard else None
+    check_writable(args.output)  # refused now, not after every cell was measured
     settings = settings_from_options(lambda dest: getattr(args, dest, None))
     from .resolve import ref_with_inputs
 
@@ -155,9 +159,19 @@ def run_command(args: argparse.Namespace) -> int:
     matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
                                       progress=not args.no_progress, shard=shard,
                                       formats=parse_csv(args.formats) or None, verbose=args.verbose, resume=resume)
+    kept = ""
     if args.output:
-        matrix.save(args.output)
+        written, kept = matrix.save_or_keep(args.output)
+    if not matrix.results and not matrix.incomplete:
+        asked = f"--models {','.join(refs)} --backends {','.join(backends)} --precisions {','.join(precisions)}"
+        asked += f" --formats {args.formats}" if args.formats else ""
+        asked += f" --shard {args.shard} (an empty shard)" if args.shard else ""
+        print(f"{PROG}: no cell matched {asked}", file=sys.stderr)
+        return EXIT_NO_CELL
     print(matrix.table())
+    if kept:
+        print(f"{PROG}: {kept}; the results were kept in {written}", file=sys.stderr)
+        return EXIT_USAGE
     if args.output:
         print(f"\nwrote {args.output}")
     if matrix.incomplete:

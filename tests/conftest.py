@@ -22,6 +22,22 @@ def conversion_cache(tmp_path_factory) -> Path:
         os.environ["DEPLOYBENCH_CACHE"] = previous
 
 
+# tests marked with a backend need its packages; without them (tox -e core) they skip and say why
+_NEEDS = {"openvino": ("openvino",), "tflite": ("litert_torch", "ai_edge_litert")}
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    missing = {marker: [m for m in modules if importlib.util.find_spec(m) is None]
+               for marker, modules in _NEEDS.items()}
+    for item in items:
+        for marker, absent in missing.items():
+            if absent and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(absent)} (not installed here: "
+                                                        f"pip install 'deploybench[{marker}]')"))
+
+
 def make_small_cnn(seed: int = 0):
     """Conv+BN+ReLU, depthwise conv, pooling and a Linear head, with seeded weights and non-trivial BN statistics."""
     import torch

@@ -69,3 +69,10 @@ def test_reads_deploybench_run_files_and_reports_a_missing_storage(tmp_path, cap
     assert run.machine == "x" and run.results()[0].cell.id == "m-onnx-onnxruntime-fp32"
     assert history_command(argparse.Namespace(storage=str(tmp_path / "nope"), cell=None)) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_empty_storage_says_how_to_fill_it(tmp_path, capsys):
+    (tmp_path / ".benchmarks").mkdir()
+    assert history_command(argparse.Namespace(storage=str(tmp_path / ".benchmarks"), cell=None)) == 0
+    out = capsys.readouterr().out
+    assert "no stored runs in" in out and "pytest --benchmark-autosave" in out

@@ -65,6 +65,9 @@ def test_shards_partition_the_cells_deterministically():
         assert sorted(c for shard in shards for c in shard) == sorted(cells)
         assert sum(len(s) for s in shards) == len(cells)
         assert shards == [select_shard(cells, index, count) for index in range(1, count + 1)]
+        sizes = [len(s) for s in shards]
+        assert max(sizes) - min(sizes) <= 1  # was 1 and 6 cells for digits_cnn in 2 shards
+        assert shards == [select_shard(list(reversed(cells)), i, count)[::-1] for i in range(1, count + 1)]
     assert parse_shard("1/4") == (1, 4)
     for bad in ("0/4", "5/4", "x/2", "1"):
         with pytest.raises(DeployBenchError, match="1 <= i <= n"):
@@ -78,7 +81,8 @@ def test_run_settings_say_how_to_fix_a_bad_value():
         RunSettings(threads=0)
 
 
-@pytest.mark.parametrize("fmt,backend", [("torch", "torch"), ("onnx", "onnxruntime"), ("openvino", "openvino")])
+@pytest.mark.parametrize("fmt,backend", [("torch", "torch"), ("onnx", "onnxruntime"),
+                                         pytest.param("openvino", "openvino", marks=pytest.mark.openvino)])
 def test_run_cell_of_small_cnn_fp32_matches_torch(small_cnn_spec, fmt, backend):
     result = run_one_cell(small_cnn_spec, Cell("small_cnn", fmt, backend, "fp32"), RunSettings(threads=1, **FAST))
     assert result.status == "ok", result.reason
@@ -234,6 +238,9 @@ def bad_cli_runs(tmp_path_factory):
         "bad input shape": ["run", "--models", f"{no_factory}:build", "--input-shape", "1x3xfoo"],
         "bad shard": ["run", "--models", "digits_cnn", "--shard", "3/2"],
         "bad option": ["run", "--min-time", "-1"],
+        "output in /sys": ["run", "--models", "digits_cnn", "--output", "/sys/out.json"],
+        "output is a folder": ["run", "--models", "digits_cnn", "--output", str(tmp)],
+        "output in a missing folder": ["run", "--models", "digits_cnn", "--output", str(tmp / "no" / "out.json")],
     }
     processes = {name: subprocess.Popen([sys.executable, "-m", "deploybench.cli", *args], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
@@ -246,6 +253,8 @@ def bad_cli_runs(tmp_path_factory):
     ("no such factory", "has no callable 'build'"), ("unknown backend", "unknown backend 'tensorflow'"),
     ("unknown model", "unknown model 'resnet999'"), ("bad input shape", "bad input shape '1x3xfoo'"),
     ("bad shard", "bad --shard '3/2'"), ("bad option", "must be positive"),
+    ("output in /sys", "cannot write /sys/out.json: permission denied"), ("output is a folder", "is a directory"),
+    ("output in a missing folder", "does not exist"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(bad_cli_runs, case, words):
     returncode, stderr = bad_cli_runs[case]
@@ -261,3 +270,46 @@ def test_cli_help_documents_the_exit_status():
     assert done.returncode == 0
     assert "1 when any cell failed or timed out" in done.stdout
     assert "--input-shape" in done.stdout
+
+
+FAST_RUN = ("--threads", "1", "--min-time", "0.01", "--min-samples", "3", "--no-memory", "--no-progress")
+
+
+def test_a_filter_or_shard_that_matches_no_cell_says_so_and_exits_3(tmp_path):
+    model = tmp_path / "odd_model.py"
+    model.write_text(USER_MODEL)
+    ref = f"{model}:build"
+    no_match = run_cli("run", "--models", ref, "--input-shape", "1x3x8x8", "--backends", "onnxruntime",
+                       "--formats", "tflite", *FAST_RUN)
+    assert no_match.returncode == 3, no_match.stderr[-2000:]
+    assert "no cell matched" in no_match.stderr and "--formats tflite" in no_match.stderr
+    assert "no cell ran successfully" not in no_match.stdout + no_match.stderr
+    empty_shard = run_cli("run", "--models", ref, "--input-shape", "1x3x8x8", "--backends", "torch",
+                          "--shard", "2/2", *FAST_RUN)  # one cell, two shards: the second is empty
+    assert empty_shard.returncode == 3, empty_shard.stderr[-2000:]
+    assert "no cell matched" in empty_shard.stderr and "--shard 2/2 (an empty shard)" in empty_shard.stderr
+    assert "3 when no cell matched" in run_cli("run", "--help").stdout
+
+
+def test_results_that_cannot_be_written_at_the_end_are_kept_and_named(tmp_path, monkeypatch, capsys):
+    from deploybench.cli import main
+    from deploybench.harness.results import io
+
+    model = tmp_path / "odd_model.py"
+    model.write_text(USER_MODEL)
+    target, real = tmp_path / "results.json", io.write_text_atomic
+
+    def disk_full(path, text):  # writable when the run started, full when it ends
+        if Path(path) == target:
+            raise DeployBenchError(f"cannot write {str(path)!r} (No space left on device); choose a writable path")
+        return real(path, text)
+
+    monkeypatch.setattr(io, "write_text_atomic", disk_full)
+    status = main(["run", "--models", f"{model}:build", "--input-shape", "1x3x8x8", "--backends", "torch",
+                   "--output", str(target), *FAST_RUN])
+    err = capsys.readouterr().err
+    assert status == 2 and not target.exists()
+    line = next(x for x in err.splitlines() if "No space left on device" in x)
+    kept = Path(line.rpartition("kept in ")[2].strip())
+    assert json.loads(kept.read_text())["cells"][0]["status"] == "ok"
+    kept.unlink()

@@ -75,6 +75,7 @@ def test_resnet18_fp32_cells_match_torch_to_1e_4(fmt, backend):
         reference.close()
 
 
+@pytest.mark.openvino  # it runs the file on ONNX Runtime and OpenVINO
 def test_a_bring_your_own_onnx_is_judged_against_its_own_fp32_run(small_cnn_spec, tmp_path):
     exported = deploy_model(small_cnn_spec, "onnx")
     own_file = tmp_path / "user_model.onnx"  # no sidecar, no PyTorch source: only the file

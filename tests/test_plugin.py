@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from deploybench.spec import DeployBenchError
+
 pytest_plugins = ["pytester"]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -142,6 +144,37 @@ def test_a_gate_baseline_that_cannot_be_used_stops_the_session_before_any_test(p
         assert result.ret == pytest.ExitCode.USAGE_ERROR, args
         assert expected in result.stderr.str(), result.stderr.str()
         assert "passed" not in result.stdout.str()
+
+
+def test_an_unwritable_deploybench_json_stops_the_session_before_any_test(project):
+    for path, expected in (("/sys/out.json", "permission denied"), (".", "is a directory"),
+                           ("missing/out.json", "folder missing does not exist")):
+        result = project.runpytest("-q", "--backends", "torch", f"--deploybench-json={path}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, path
+        assert expected in result.stderr.str(), result.stderr.str()
+        assert "passed" not in result.stdout.str()
+
+
+def test_a_deploybench_json_that_fails_at_the_end_is_kept_elsewhere(project, monkeypatch):
+    from deploybench.harness.results import io
+
+    real = io.write_text_atomic
+    target = project.path / "out.json"
+
+    def disk_full(path, text):  # the folder was writable up front; the write at session end fails
+        if Path(path) == target:
+            raise DeployBenchError(f"cannot write {str(path)!r} (No space left on device); choose a writable path")
+        return real(path, text)
+
+    monkeypatch.setattr(io, "write_text_atomic", disk_full)
+    project.makepyfile(test_measured="def test_measured(deploybench_result):\n    assert deploybench_result.ok\n")
+    result = project.runpytest("-q", "--backends", "torch", "--no-memory", "--min-time", "0.01", "--min-samples",
+                               "3", "test_measured.py", f"--deploybench-json={target}")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    line = next(x for x in result.stdout.lines if "No space left on device" in x)
+    kept = Path(line.rpartition("kept in ")[2].strip())
+    assert json.loads(kept.read_text())["cells"][0]["backend"] == "torch" and not target.exists()
+    kept.unlink()
 
 
 def test_an_unknown_backend_or_precision_is_a_usage_error_before_collection(project):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -20,6 +22,7 @@ def test_readme_has_a_runnable_api_example():
     assert python_examples(), "README lost its API example"
 
 
+@pytest.mark.openvino  # its matrix has OpenVINO cells
 def test_readme_api_example_runs_and_prints_the_matrix(tmp_path, conversion_cache):
     code = python_examples()[0]
     env = {**os.environ, "DEPLOYBENCH_CACHE": str(conversion_cache)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,14 @@ def test_report_cli_writes_markdown_and_html(tmp_path, matrix, capsys):
     assert "not run (2):" in printed and BEST_MARK in printed
     assert "## deploybench matrix" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.html").read_text().count("<svg") >= 5
+
+
+def test_report_no_table_writes_files_without_printing_the_matrix_again(tmp_path, matrix, capsys):
+    results = _run_json(tmp_path / "run.json", matrix)  # `make demo`: the run already printed the table
+    assert _cli([str(results), "--no-table", "--markdown", str(tmp_path / "r.md")]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"markdown report: {tmp_path / 'r.md'}"]
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "report demo-results.json --no-table" in makefile
 
 
 def test_report_cli_puts_the_gate_verdicts_against_a_baseline_first(tmp_path, matrix):

@@ -154,3 +154,16 @@ def test_kill_9_while_writing_results_leaves_the_previous_file_readable(tmp_path
     # a killed writer may leave its own hidden temporary file behind; nothing else, and nothing read as results
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "results.json"]
     assert all(name.startswith(".results.json.") and name.endswith(".tmp") for name in leftovers), leftovers
+
+
+def test_results_files_follow_the_umask_not_0600(tmp_path):
+    import os
+
+    from deploybench.harness.results.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the CI job's other users, as `open()` would make it

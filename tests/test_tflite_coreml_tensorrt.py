@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import platform
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from deploybench.converters import artifact_from_path, deploy_model
 from deploybench.engines import create_deployer, engine_class
 from deploybench.spec import DeployBenchError, ModelSpec, TensorSpec
+
+pytest_plugins = ["pytester"]
 
 
 def torch_outputs(spec, inputs):
@@ -259,8 +262,9 @@ def test_coreml_engine_availability_names_macos():
         pytest.skip("on macOS CoreML runs")
     assert not available
     if importlib.util.find_spec("coremltools") is not None:
-        assert reason == ("CoreML prediction needs macOS (this is Linux); "
-                          "the .mlpackage was converted and validated")
+        assert reason == ("CoreML prediction needs macOS (this is Linux); a run here still converts the "
+                          ".mlpackage and checks its input and output names and shapes")
+        assert "was converted" not in reason  # `deploybench backends` converts nothing
 
 
 @pytest.mark.coreml
@@ -318,3 +322,24 @@ def test_tensorrt_int8_agrees_with_torch_on_digits(tensorrt_gpu, digits_spec, in
         logits = engine.infer({"image": images["image"]})["logits"]
     reference = torch_outputs(digits_spec, images)
     assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.97
+
+
+def test_tflite_conversion_without_litert_torch_is_one_line_naming_the_extra(small_cnn_spec, tmp_path, monkeypatch):
+    import sys
+
+    from deploybench.converters.tflite import _convert_from_torch
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as in tox -e core: not installed
+    with pytest.raises(DeployBenchError, match=r"needs litert-torch.*deploybench\[tflite\]") as caught:
+        _convert_from_torch(small_cnn_spec, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_backend_marked_tests_skip_with_the_reason_when_the_package_is_missing(pytester):
+    conftest = (Path(__file__).parent / "conftest.py").read_text().replace("from __future__ import annotations", "")
+    pytester.makeconftest("import sys\nsys.modules['litert_torch'] = None  # as in tox -e core\n" + conftest)
+    pytester.makeini("[pytest]\nmarkers =\n    tflite: t\n    openvino: o\n")
+    pytester.makepyfile(test_x="import pytest\n\n@pytest.mark.tflite\ndef test_t():\n    import litert_torch\n")
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    assert "needs litert_torch" in result.stdout.str()

@@ -64,8 +64,13 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
 # ---- PyTorch -> fp32 ---------------------------------------------------------------------------
 def _convert_from_torch(spec: ModelSpec, out_dir: Path, dynamic_batch: bool = True,
                         show_progress: bool = False) -> Artifact:
-    import litert_torch
     import torch
+
+    try:
+        import litert_torch
+    except ImportError as exc:  # tox -e core: one line that says what to install, never a traceback
+        raise DeployBenchError(f"converting a PyTorch model to tflite needs litert-torch, which is not importable "
+                               f"here ({type(exc).__name__}: {exc}); pip install 'deploybench[tflite]'") from None
 
     module = spec.build()
     # litert-torch prints a progress tree on stdout for every export; a benchmark run would drown in it.

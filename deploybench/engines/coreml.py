@@ -29,8 +29,8 @@ class CoreMLEngine(InferenceEngine):
     @classmethod
     def _platform_problem(cls) -> str | None:
         if platform.system() != "Darwin":
-            return (f"CoreML prediction needs macOS (this is {platform.system()}); "
-                    "the .mlpackage was converted and validated")
+            return (f"CoreML prediction needs macOS (this is {platform.system()}); a run here still "
+                    "converts the .mlpackage and checks its input and output names and shapes")
         return None
 
     def _load_impl(self) -> None:

@@ -67,6 +67,7 @@ def pytest_configure(config):
     _register_markers(config)
     state = config.stash[_STATE_KEY] = DeployBenchState(config)
     from deploybench.harness.pipeline.plan import check_backends, check_precisions, parse_shard
+    from deploybench.harness.results.io import check_writable
 
     try:  # bad option values stop the run before collection, with the fix in one line
         if config.getoption("shard", default=None):
@@ -74,6 +75,7 @@ def pytest_configure(config):
         check_backends(state.list_option("backends", ()))
         check_precisions(state.list_option("precisions", ()))
         state.settings  # noqa: B018 - validates every measurement option now
+        check_writable(config.getoption("deploybench_json", default=None))  # refused now, not at the end
         if _gate_asked(config):  # a baseline that cannot be read fails now, not after every test ran
             from deploybench.harness.gate.session import check_gate_options
 
@@ -104,6 +106,7 @@ class DeployBenchState:
         self.verdicts: list = []
         self.gate_error: str | None = None
         self._planned: list | None = None
+        self.json_written, self.json_failure = None, ""  # --deploybench-json: where it went, why not there
 
     # ---- configuration ------------------------------------------------------------------
     def option(self, name: str, default=None):
@@ -375,7 +378,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     path = session.config.getoption("deploybench_json", default=None)
     if path:
-        _session_matrix(state).save(path)
+        state.json_written, state.json_failure = _session_matrix(state).save_or_keep(path)
     if _gate_asked(session.config):
         from deploybench.harness.gate.session import gate_pytest_session
         from deploybench.harness.gate.verdict import has_regression
@@ -403,9 +406,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
     terminalreporter.section("deploybench matrix")
     terminalreporter.write_line(terminal_table(list(state.results.values())))
-    path = config.getoption("deploybench_json", default=None)
-    if path:
-        terminalreporter.write_line(f"deploybench: matrix written to {path}")
+    if state.json_written:  # --deploybench-json, or where the matrix was kept when that could not be written
+        terminalreporter.write_line(f"deploybench: {state.json_failure}; kept in {state.json_written}" if
+                                    state.json_failure else f"deploybench: matrix written to {state.json_written}")
     if state.gate_error:
         terminalreporter.write_line(f"deploybench gate: {state.gate_error}", red=True)
     elif _gate_asked(config):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 from deploybench.harness.gate.pairs import check_overlap, interleave_pairs, print_verdicts, same_artifact_ids, shared_pairs
 from deploybench.harness.gate.sources import WORKING_TREE, Side, open_sides
 from deploybench.harness.gate.verdict import GateSettings, Verdict, gate_results, load_run, markdown_verdicts
-from deploybench.harness.results.io import write_text_atomic
+from deploybench.harness.results.io import check_writable, write_text_atomic
 from deploybench.spec import DeployBenchError, Result, parse_csv
 
 SCHEMA = "deploybench.compare/1"
@@ -189,7 +188,7 @@ def compare_command(args: argparse.Namespace) -> int:
         check_backends(backends)
         check_precisions(precisions)
         for path in (args.markdown, args.json, args.output):
-            _check_writable(path)
+            check_writable(path)
         from deploybench.resolve import ref_with_inputs
 
         models = [ref_with_inputs(ref, args.input_shape) for ref in parse_csv(args.models)]
@@ -219,20 +218,6 @@ def _save_head(path: str, results: list[Result], settings, head: Side) -> None:
 
     write_results(path, results_document(results, machine_info(),
                                          {"source": "compare", "head": head.to_dict(), **settings.to_dict()}))
-
-
-def _check_writable(path: str | None) -> None:
-    """Refuse an output that cannot be written before anything is measured."""
-    if not path:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise DeployBenchError(f"{path} is a directory; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise DeployBenchError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise DeployBenchError(f"cannot write {path}: permission denied")
 
 
 def add_verdicts_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,11 +107,15 @@ def _compiles_for_shapes(backend: str) -> bool:
 def select_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
     """The cells of shard ``index`` of ``count``, numbered from 1 as CI matrices number their jobs.
 
-    Chosen by a stable hash of ``cell.id``, so the same cell lands in the same shard on every
-    machine, and the shards partition the cells."""
+    The cells are ordered by a stable hash of ``cell.id`` and dealt round-robin, so shard sizes differ
+    by at most one, a cell's shard depends only on the set of planned cells (never on the machine or
+    the order they were planned in), and the shards partition the cells. The shard keeps the planned
+    order of its cells."""
     if count < 1 or not 1 <= index <= count:
         raise DeployBenchError(f"shard {index}/{count} is out of range: use 1 <= index <= count, e.g. 1/4")
-    return [c for c in cells if int(hashlib.sha256(c.id.encode()).hexdigest()[:16], 16) % count == index - 1]
+    ranked = sorted({c.id for c in cells}, key=lambda cid: (hashlib.sha256(cid.encode()).hexdigest(), cid))
+    mine = {cid for rank, cid in enumerate(ranked) if rank % count == index - 1}
+    return [c for c in cells if c.id in mine]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

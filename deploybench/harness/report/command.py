@@ -22,6 +22,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--markdown", metavar="FILE", help="write a Markdown summary (for a PR comment) here")
     parser.add_argument("--history", metavar="DIR", help="pytest-benchmark storage whose runs to plot (.benchmarks)")
     parser.add_argument("--gate", metavar="BASELINE", help="baseline results JSON to put gate verdicts first")
+    parser.add_argument("--no-table", action="store_true",
+                        help="write the files only, without the terminal table (`make demo`: the run printed it)")
     return parser
 
 
@@ -31,7 +33,7 @@ def report_command(args: argparse.Namespace) -> int:
         loaded = [(Path(p).name, *load_results_file(p)[:2]) for p in args.results]
         every = [r for _, results, _ in loaded for r in results]
         verdicts = gate_results(load_results_file(args.gate)[0], every) if args.gate else None
-        for label, results, machine in loaded:
+        for label, results, machine in ([] if args.no_table else loaded):
             if len(loaded) > 1:
                 print(f"== {label}")
             print(terminal_table(results, machine))

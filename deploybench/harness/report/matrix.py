@@ -12,7 +12,8 @@ from typing import Any
 
 from deploybench.harness.report.table import terminal_table
 from deploybench.harness.results.cells import SCHEMA, best_cell
-from deploybench.harness.results.io import read_json, result_from_cell, results_document, write_results
+from deploybench.harness.results.io import (read_json, result_from_cell, results_document, write_results,
+                                            write_results_or_keep)
 from deploybench.spec import STATUS_FAILED, STATUS_TIMEOUT, DeployBenchError, Result
 
 
@@ -42,6 +43,11 @@ class Matrix:
     def save(self, path: str | Path) -> Path:
         """Write the JSON to ``path`` atomically (``write_text_atomic``) and return the path."""
         return write_results(path, self.to_dict())
+
+    def save_or_keep(self, path: str | Path) -> tuple[Path, str]:
+        """``save``, or when ``path`` cannot be written at the end of a run, a file in the temporary
+        folder: (the file written, the failure's one line or "")."""
+        return write_results_or_keep(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "matrix") -> Matrix:

@@ -229,7 +229,9 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         lines.append("")
         lines.append("scaling (throughput, items/s):")
         lines.extend(f"  {line}" for line in scaling)
-    if not any(r.ok for r in results):
+    if not results:
+        lines.append("no cell matched the models, backends, precisions, formats and shard asked for")
+    elif not any(r.ok for r in results):
         lines.append("no cell ran successfully")
     unstable = [r for r in results if r.ok and r.unstable]
     if unstable:

@@ -127,7 +127,12 @@ def history_command(args: argparse.Namespace) -> int:
         print(f"deploybench history: storage {storage} does not exist; run pytest with --benchmark-autosave first",
               file=sys.stderr)
         return 2
-    print(history_table(list_runs(storage), getattr(args, "cell", None)), end="")
+    runs = list_runs(storage)
+    if not runs:
+        print(f"no stored runs in {storage}; fill it with `pytest --benchmark-autosave` (each run of the "
+              "benchmarks adds one), or pass --storage a results JSON from `deploybench run --output`")
+        return 0
+    print(history_table(runs, getattr(args, "cell", None)), end="")
     return 0
 
 

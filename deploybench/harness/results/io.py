@@ -37,6 +37,41 @@ def write_results(path: str | Path, document: Mapping[str, Any]) -> Path:
     return write_text_atomic(path, json.dumps(document, indent=1, default=str, allow_nan=False))
 
 
+def check_writable(path: str | Path | None) -> None:
+    """Refuse an output that cannot be written before anything is measured: a directory, a missing
+    folder, a read-only folder or file. ``deploybench run``, ``compare`` and the pytest plugin call it."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise DeployBenchError(f"{path} is a directory; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise DeployBenchError(f"cannot write {path}: folder {folder} does not exist")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise DeployBenchError(f"cannot write {path}: permission denied")
+    probe = folder / f".{target.name}.{secrets.token_hex(6)}.probe"
+    try:  # a real file: os.access says yes to root on /sys or a read-only mount
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise DeployBenchError(f"cannot write {path}: {(exc.strerror or 'not writable').lower()}") from None
+
+
+def write_results_or_keep(path: str | Path, document: Mapping[str, Any]) -> tuple[Path, str]:
+    """``write_results``; when that fails (a disk filled up, a folder went away during the run), the same
+    document in a new file in the temporary folder, so no measurement is lost. Returns (the file written,
+    the failure's one line or "")."""
+    try:
+        return write_results(path, document), ""
+    except DeployBenchError as exc:
+        import tempfile
+
+        handle, kept = tempfile.mkstemp(prefix="deploybench-results-", suffix=".json")
+        os.close(handle)
+        return write_results(kept, document), str(exc)
+
+
 def read_json(path: str | Path, what: str, fix: str) -> Any:
     """The parsed JSON of ``path``. A missing, unreadable or malformed file raises one line naming
     ``what`` it should have been, the file, and ``fix`` (how to get a good one); nothing is written."""
@@ -203,4 +238,4 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-__all__ = ["load_results_file", "read_json", "result_from_cell", "results_from_json", "write_text_atomic"]
+__all__ = ["check_writable", "write_results_or_keep", "load_results_file", "read_json", "result_from_cell", "results_from_json", "write_text_atomic"]
