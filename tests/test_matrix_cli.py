@@ -74,6 +74,22 @@ def test_shards_partition_the_cells_deterministically():
             parse_shard(bad)
 
 
+def test_two_sides_that_plan_different_cells_deal_their_shared_cells_to_the_same_shard():
+    """A backend new in the head plans cells the base lacks; dealt alone, each side's shards would differ and
+    a shard job would see a shared cell on one side only (ungated). Dealt from the union, they agree."""
+    base = [Cell(f"m{i}", "onnx", "onnxruntime", p) for i in range(5) for p in ("fp32", "int8")]
+    head = base + [Cell(f"m{i}", "onnx", "new_backend", "fp32") for i in range(5)]
+    union = {c.id for c in base + head}
+    for count in (2, 3, 4):
+        alone = [({c.id for c in select_shard(base, i, count)}, {c.id for c in select_shard(head, i, count)})
+                 for i in range(1, count + 1)]
+        dealt = [({c.id for c in select_shard(base, i, count, universe=union)},
+                  {c.id for c in select_shard(head, i, count, universe=union)}) for i in range(1, count + 1)]
+        assert all(b <= h for b, h in dealt)  # every base cell sits in its head cell's shard
+        assert any(not b <= h for b, h in alone), count  # what dealing each side alone would have broken
+        assert sorted(c for b, _ in dealt for c in b) == sorted(c.id for c in base)
+
+
 def test_run_settings_say_how_to_fix_a_bad_value():
     with pytest.raises(DeployBenchError, match="raise max_samples"):
         TimingRules(min_samples=50, max_samples=10)

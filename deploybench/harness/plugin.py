@@ -34,9 +34,7 @@ MARKER_MEASURES = {"speed": "time", "memory": "memory", "precision": "accuracy"}
 _STATE_KEY = pytest.StashKey["DeployBenchState"]()
 
 
-# ---------------------------------------------------------------------------------------------
-# options and configuration
-# ---------------------------------------------------------------------------------------------
+# ---- options and configuration ---------------------------------------------------------------
 
 def pytest_addoption(parser):
     group = parser.getgroup("deploybench", "deploybench: cells of model x format x backend x precision")
@@ -44,7 +42,7 @@ def pytest_addoption(parser):
                     help="comma-separated models: zoo names, file.py:factory[@1x3x64x64], .onnx/.tflite/.xml files")
     group.addoption("--backends", default=None, help="comma-separated backends (default from [tool.deploybench])")
     group.addoption("--precisions", default=None, help="comma-separated precisions: fp32, fp16, bf16, int8")
-    group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based), by a stable hash")
+    group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based; sizes differ by one at most)")
     group.addoption("--deploybench-json", default=None, metavar="PATH",
                     help="write the session's matrix in the `deploybench run` JSON schema")
     group.addoption("--deploybench-gate", default=None, metavar="BASELINE",
@@ -171,9 +169,7 @@ def _state(config) -> DeployBenchState:
     return config.stash[_STATE_KEY]
 
 
-# ---------------------------------------------------------------------------------------------
-# parametrization
-# ---------------------------------------------------------------------------------------------
+# ---- parametrization -------------------------------------------------------------------------
 
 def _user_models(metafunc) -> list:
     """ModelSpecs from a ``deploybench_models`` fixture visible to this test (its conftest.py)."""
@@ -238,9 +234,7 @@ def pytest_collection_modifyitems(session, config, items):
             benchmark_session.save_data = True
 
 
-# ---------------------------------------------------------------------------------------------
-# fixtures
-# ---------------------------------------------------------------------------------------------
+# ---- fixtures --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def deploybench_state(request) -> DeployBenchState:
@@ -348,13 +342,11 @@ def engine(cell, model_spec, artifact, deploybench_state):
     from deploybench.harness.pipeline import stages
 
     settings = deploybench_state.settings.for_cell(cell)
-    return _here(deploybench_state, cell, "engine", lambda: stages.load(
-        cell, artifact, settings, **stages.compile_options(cell, stages.run_dims(model_spec, settings))))
+    return _here(deploybench_state, cell, "engine",
+                 lambda: stages.load(cell, artifact, settings, **stages.engine_options(cell, model_spec, settings)))
 
 
-# ---------------------------------------------------------------------------------------------
-# session end: matrix table, JSON, gate
-# ---------------------------------------------------------------------------------------------
+# ---- session end: matrix table, JSON, gate ---------------------------------------------------
 
 def _session_matrix(state):
     from deploybench.harness.measure.machine import machine_info

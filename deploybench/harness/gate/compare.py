@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,11 @@ def _stderr(text: str) -> None:
 
 def measure_side(side: Side, backends: Sequence[str], precisions: Sequence[str], settings, formats=None,
                  shard=None, only: Callable[[Any], bool] | None = None, measures=None, verbose: bool = False,
-                 progress: bool = True) -> list[Result]:
+                 progress: bool = True, universe: Iterable[str] = ()) -> list[Result]:
     """The cells of one side, each model in a worker resolving it in the side's folder. ``only``:
-    measure just the cells it accepts; ``measures``: which figures (default all; ``()`` converts only)."""
+    measure just the cells it accepts; ``measures``: which figures (default all; ``()`` converts only;
+    ``PLAN_ONLY`` plans only, the cells coming back as bare results); ``universe``: the ids both sides
+    plan, so ``shard`` deals the same cells to the same shard on both."""
     from deploybench.harness.pipeline.matrix import Progress, close_workers, open_workers, run_cells
     from deploybench.harness.pipeline.plan import plan_cells, select_shard
     from deploybench.harness.pipeline.stages import MEASURES
@@ -52,9 +54,11 @@ def measure_side(side: Side, backends: Sequence[str], precisions: Sequence[str],
         cells = plan_cells([info for info, _ in opened], list(backends), list(precisions), formats=formats,
                            include_unsupported=True, sweep=settings.sweep)
         if shard is not None:
-            cells = select_shard(cells, *shard)
+            cells = select_shard(cells, *shard, universe=universe)
         if only is not None:
             cells = [c for c in cells if only(c)]
+        if measures == PLAN_ONLY:
+            return [Result(cell) for cell in cells]
         bar = Progress(total=len(cells), enabled=progress)
         try:
             return run_cells({info.name: worker for info, worker in opened}, cells,
@@ -63,6 +67,15 @@ def measure_side(side: Side, backends: Sequence[str], precisions: Sequence[str],
             bar.close()
     finally:
         close_workers(worker for _, worker in opened)
+
+
+PLAN_ONLY = ("plan",)
+
+
+def _planned_ids(base: Side, head: Side, backends, precisions, settings, formats, verbose: bool) -> set[str]:
+    """The ids either side plans (all shards): the union both sides deal their shards from."""
+    return {r.cell.id for side in (head, base) for r in measure_side(side, backends, precisions, settings, formats,
+                                                                      measures=PLAN_ONLY, verbose=verbose)}
 
 
 def _pairing_key(cell, by_position: bool):
@@ -91,13 +104,15 @@ def compare_sources(base: Side, head: Side, backends: Sequence[str], precisions:
         check_overlap(base_results, head_results, base.label, head.label)
         same = same_artifact_ids(shared_pairs(base_results, head_results))
     else:
+        renamed = len(base.models) == 1 and base.models != head.models  # two model files, two names
+        universe = _planned_ids(base, head, backends, precisions, settings, formats, verbose) \
+            if shard is not None and not renamed else set()
         log(f"head {head.describe()}: building and measuring {', '.join(head.models)}")
         head_results = measure_side(head, backends, precisions, settings, formats, shard, verbose=verbose,
-                                    progress=progress)
+                                    progress=progress, universe=universe)
         log(f"base {base.describe()}: building")
         base_built = measure_side(base, backends, precisions, settings, formats, shard, measures=(),
-                                  verbose=verbose, progress=progress)
-        renamed = len(base.models) == 1 and base.models != head.models  # two model files, two names
+                                  verbose=verbose, progress=progress, universe=universe)
         if renamed:
             base_built = _as_head_cells(base_built, head_results)
         check_overlap(base_built, head_results, f"base {base.describe()}", f"head {head.describe()}")
@@ -107,7 +122,7 @@ def compare_sources(base: Side, head: Side, backends: Sequence[str], precisions:
         wanted = {_pairing_key(r.cell, renamed) for r in head_results if r.cell.id in changed}
         base_measured = measure_side(base, backends, precisions, settings, formats, shard,
                                      only=lambda cell: _pairing_key(cell, renamed) in wanted,
-                                     verbose=verbose, progress=progress) if changed else []
+                                     verbose=verbose, progress=progress, universe=universe) if changed else []
         if renamed:
             base_measured = _as_head_cells(base_measured, head_results)
         measured_ids = {r.cell.id for r in base_measured}

@@ -104,16 +104,19 @@ def _compiles_for_shapes(backend: str) -> bool:
         return False
 
 
-def select_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+def select_shard(cells: Sequence[Cell], index: int, count: int, universe: Iterable[str] = ()) -> list[Cell]:
     """The cells of shard ``index`` of ``count``, numbered from 1 as CI matrices number their jobs.
 
     The cells are ordered by a stable hash of ``cell.id`` and dealt round-robin, so shard sizes differ
     by at most one, a cell's shard depends only on the set of planned cells (never on the machine or
     the order they were planned in), and the shards partition the cells. The shard keeps the planned
-    order of its cells."""
+    order of its cells. ``universe`` adds cell ids dealt as if planned: two sides of a comparison that
+    plan different cells (a backend new in one of them) deal their union, so a cell planned on both
+    lands in the same shard on both."""
     if count < 1 or not 1 <= index <= count:
         raise DeployBenchError(f"shard {index}/{count} is out of range: use 1 <= index <= count, e.g. 1/4")
-    ranked = sorted({c.id for c in cells}, key=lambda cid: (hashlib.sha256(cid.encode()).hexdigest(), cid))
+    ids = {c.id for c in cells} | set(universe)
+    ranked = sorted(ids, key=lambda cid: (hashlib.sha256(cid.encode()).hexdigest(), cid))
     mine = {cid for rank, cid in enumerate(ranked) if rank % count == index - 1}
     return [c for c in cells if c.id in mine]
 

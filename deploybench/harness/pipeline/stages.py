@@ -145,6 +145,11 @@ def scenario_options(cell: Cell) -> dict[str, Any]:
     return {} if cell.scenario == SINGLE_STREAM else dict(engine_class(cell.backend).throughput_options)
 
 
+def engine_options(cell: Cell, spec: ModelSpec, settings: RunSettings) -> dict[str, Any]:
+    """Everything the cell asks of its engine beyond format and precision: its shape and its scenario."""
+    return {**compile_options(cell, run_dims(spec, settings)), **scenario_options(cell)}
+
+
 def record_artifact(artifact: Artifact, started: float, result: Result) -> None:
     on_disk = bool(artifact.files) and artifact.path.exists()
     result.conversion_s = artifact.conversion_s or (0.0 if artifact.cached else time.perf_counter() - started)
@@ -277,8 +282,7 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
             measure_memory(session, cell, artifact, settings, inputs, result)
         if TIME in measures or ACCURACY in measures:
             enter("load")
-            engine = load(cell, artifact, settings, **compile_options(cell, run_dims(session.spec, settings)),
-                          **scenario_options(cell))
+            engine = load(cell, artifact, settings, **engine_options(cell, session.spec, settings))
             result.load_ms = engine.load_ms
             enter("first_inference")
             from deploybench.harness.measure.timing import time_first_inference
@@ -311,4 +315,4 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
 
 
 __all__ = ["ACCURACY", "MEASURES", "MEMORY", "TIME", "CellStopped", "ModelSession", "check_availability",
-           "check_shape", "compile_options", "run_dims", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "scenario_options", "time_engine", "time_scenario"]
+           "check_shape", "compile_options", "engine_options", "run_dims", "convert", "judge_accuracy", "load", "measure_memory", "one_line", "run_cell", "scenario_options", "time_engine", "time_scenario"]
