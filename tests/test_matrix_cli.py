@@ -329,3 +329,41 @@ def test_results_that_cannot_be_written_at_the_end_are_kept_and_named(tmp_path, 
     kept = Path(line.rpartition("kept in ")[2].strip())
     assert json.loads(kept.read_text())["cells"][0]["status"] == "ok"
     kept.unlink()
+
+
+SLOW_FIRST_CALL = textwrap.dedent('''
+    import time
+
+    import torch
+    from torch import nn
+
+
+    class SlowOnce(nn.Module):
+        """Its second forward takes 6 s: the worker's first inference of the torch cell (the first call
+        reads the output names when the model is resolved)."""
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(8, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:
+                time.sleep(6)
+            return self.linear(x)
+
+
+    def build():
+        torch.manual_seed(0)
+        return SlowOnce()
+''')
+
+
+def test_a_stage_running_past_5_s_gets_a_line_of_its_own(tmp_path):
+    (tmp_path / "slow.py").write_text(SLOW_FIRST_CALL)
+    done = run_cli("run", "--models", "slow.py:build", "--input-shape", "1x8", "--backends", "torch", "--no-memory",
+                   "--min-time", "0.05", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    announced = [line for line in done.stderr.replace("\r", "\n").splitlines() if "still running after" in line]
+    assert announced == ["slow-torch-torch-fp32: first_inference… (still running after 5 s)"], done.stderr[-2000:]

@@ -72,26 +72,51 @@ def close_workers(workers: Iterable[Runner]) -> None:
 
 
 class Progress:
-    """A tqdm bar on stderr naming the cell and the stage it is in; silent when off."""
+    """A tqdm bar on stderr naming the cell and the stage it is in; silent when off.
 
-    def __init__(self, total: int, enabled: bool):
+    A stage still running after ``announce_after`` seconds (training a zoo model, a slow export,
+    calibration) also gets one line of its own above the bar, so a long wait is never silent."""
+
+    def __init__(self, total: int, enabled: bool, announce_after: float = 5.0):
+        import threading
+
         self._bar = None
+        self._stage, self._since, self._said = "", 0.0, True
+        self._lock, self._done = threading.Lock(), threading.Event()
         if enabled:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, file=sys.stderr, unit="cell", dynamic_ncols=True, leave=False)
+            threading.Thread(target=self._watch, args=(announce_after,), daemon=True).start()
+
+    def _watch(self, after: float) -> None:
+        import time
+
+        while not self._done.wait(min(0.5, after / 4)):
+            with self._lock:
+                if self._said or time.monotonic() - self._since < after or self._bar is None:
+                    continue
+                self._said = True
+                self._bar.write(f"{self._stage}… (still running after {after:.0f} s)", file=sys.stderr)
 
     def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_description_str(text)
+        import time
+
+        with self._lock:
+            self._stage, self._since, self._said = text, time.monotonic(), False
+            if self._bar is not None:
+                self._bar.set_description_str(text)
 
     def advance(self) -> None:
         if self._bar is not None:
             self._bar.update(1)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._done.set()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
 
 class RunInterrupted(KeyboardInterrupt):
