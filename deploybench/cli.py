@@ -150,10 +150,13 @@ def run_command(args: argparse.Namespace) -> int:
     from .resolve import ref_with_inputs
 
     inputs = [*(args.input_shape or ()), *(args.input or ())]
-    fixed = [ref for ref in refs if ".py:" not in ref]
-    if inputs and fixed:  # an option that cannot apply is an error, not silently ignored
-        raise DeployBenchError(f"--input-shape and --input are for file.py:factory models; {', '.join(fixed)} "
-                               "take(s) the inputs they declare: size a dynamic axis with --dims AXIS=N instead")
+    from .models import MODELS
+
+    files = [ref for ref in refs if ".py:" not in ref and ref not in MODELS.names()]
+    if inputs and (files or not any(".py:" in ref for ref in refs)):  # an option that cannot apply is an error
+        raise DeployBenchError(f"--input-shape and --input are for file.py:factory models; "
+                               f"{', '.join(files) or 'zoo models'} take(s) the inputs they declare: size a dynamic "
+                               "axis with --dims AXIS=N instead")
     models = [ref_with_inputs(ref, inputs) for ref in refs]
     resume = Matrix.load(args.resume) if args.resume else None
     stop_on_sigterm()
