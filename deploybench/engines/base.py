@@ -127,11 +127,11 @@ class InferenceEngine(abc.ABC):
 
     def _note_shapes(self) -> None:
         """Say in ``runtime_notes`` which shapes the backend compiled for: a cell records what ran."""
-        static = self.static_shapes()
+        static, dynamic = self.static_shapes(), any(t.dynamic_axes for t in self.inputs)
         if not self.compiles_for_shapes:
             self.runtime_notes["shapes"] = "as the artifact declares them"
-        elif static is None or not any(t.dynamic_axes for t in self.inputs):
-            self.runtime_notes["shapes"] = "dynamic" if any(t.dynamic_axes for t in self.inputs) else "static"
+        elif static is None or not dynamic:
+            self.runtime_notes["shapes"] = "dynamic" if dynamic else "static"
         else:
             self.runtime_notes["shapes"] = "static " + ", ".join(
                 f"{name} {'x'.join(map(str, shape))}" for name, shape in static.items())

@@ -7,6 +7,7 @@ compiled model really runs; a mismatch raises instead of measuring the wrong thi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,12 +141,17 @@ class OpenVINOEngine(InferenceEngine):
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> Mapping[str, Any] | list:
         try:
-            results = self._request.infer({self._input_names[name]: array for name, array in feed.items()})
+            return self._run(self._request, feed)
         except Exception as exc:
             raise DeployBenchError(f"openvino failed running {self.artifact.path.name}: "
                                    f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        # The request reuses its output buffers on the next call: hand out copies.
-        return [np.array(results[port], copy=True) for port in self._output_ports]
+
+    def _run(self, request, feed: dict[str, np.ndarray], outputs: bool = True, share_inputs: bool = False):
+        """One call of ``request`` on ``feed``, bound by port; the outputs copied, since the request reuses
+        its output buffers on the next call (None when not wanted)."""
+        results = request.infer({self._input_names[name]: array for name, array in feed.items()},
+                                share_inputs=share_inputs)
+        return [np.array(results[port], copy=True) for port in self._output_ports] if outputs else None
 
     def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
         """One ``InferRequest`` per slot, each run by a Python thread (``infer`` releases the GIL), by
@@ -158,7 +164,8 @@ class OpenVINOEngine(InferenceEngine):
         executor then joined itself and aborted the process (1 run in 3 of tests/test_scenarios.py)."""
         optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         size = n or optimal
-        runs = [self._request_runner(self._compiled.create_infer_request(), outputs) for _ in range(size)]
+        runs = [functools.partial(self._run, self._compiled.create_infer_request(), outputs=outputs, share_inputs=True)
+                for _ in range(size)]
         pool = ThreadRequestPool(self, size, runs, want_outputs=outputs)
         streams = self.runtime_notes.get("streams")
         pool.notes.update({"mode": "one InferRequest per Python thread", "performance_hint":
@@ -168,14 +175,6 @@ class OpenVINOEngine(InferenceEngine):
             pool.notes["parallel"] = ("one stream: requests take turns in it; load with "
                                       f"{self.throughput_options} for parallel streams")
         return pool
-
-    def _request_runner(self, request, outputs: bool):
-        ports, output_ports = dict(self._input_names), list(self._output_ports)
-
-        def run(feed: dict[str, np.ndarray]):
-            results = request.infer({ports[name]: array for name, array in feed.items()}, share_inputs=True)
-            return [np.array(results[port], copy=True) for port in output_ports] if outputs else None
-        return run
 
     def _close_impl(self) -> None:
         self._request = None

@@ -17,7 +17,8 @@ from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
 from deploybench.harness.measure.timing import TimingRules
-from deploybench.spec import PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell, DeployBenchError
+from deploybench.spec import (DYNAMIC, PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell, DeployBenchError,
+                              parse_csv)
 
 # What a run measures when nothing is named (the CLI's defaults and the pytest plugin's).
 DEFAULT_MODELS = ("digits_cnn",)
@@ -43,7 +44,7 @@ class MemoryRules:
             raise DeployBenchError(f"memory runs {self.runs} must be at least 1, e.g. 10")
 
 
-SHAPES = ("static", "dynamic")
+SHAPES = (STATIC, DYNAMIC)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def parse_dim_sweep(text: str) -> tuple[str, tuple[int, ...]]:
 
 def _choices(known: tuple[str, ...]):
     def parse(text: str) -> tuple[str, ...]:
-        values = tuple(part.strip() for part in str(text).split(",") if part.strip())
+        values = tuple(parse_csv(text))
         unknown = [v for v in values if v not in known]
         if unknown or not values:
             raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(known)} (comma-separated)")
@@ -349,12 +350,11 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
     threads = _sizes(value("threads"), "threads")
     dims = value("dims") or ()
     dims = tuple((name, _sizes(sizes, name)) for name, sizes in (dims.items() if isinstance(dims, Mapping) else dims))
-    shapes = value("shapes") or (STATIC,)
-    scenarios = value("scenarios") or (SINGLE_STREAM,)
     sweep = Sweep(batch_sizes=_sizes(value("batch_sizes"), "batch sizes"), dims=dims,
                   threads=threads if len(threads) > 1 else (),
-                  shapes=_choices(SHAPES)(shapes) if isinstance(shapes, str) else tuple(shapes),
-                  scenarios=_choices(SCENARIOS)(scenarios) if isinstance(scenarios, str) else tuple(scenarios))
+                  # a command line's tuple, or a [tool.deploybench] string or list: Sweep validates the names
+                  shapes=tuple(parse_csv(value("shapes"))) or (STATIC,),
+                  scenarios=tuple(parse_csv(value("scenarios"))) or (SINGLE_STREAM,))
     budget = value("p99_budget_ms")
     return RunSettings(
         threads=threads[0] if len(threads) == 1 else None, seed=int(value("seed")), sweep=sweep,
