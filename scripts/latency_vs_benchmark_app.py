@@ -54,7 +54,8 @@ def main() -> int:
     artifact = deploy_model(spec, "openvino", precision="fp32")
     inputs = spec.make_inputs(seed=0)
     shape = list(next(iter(inputs.values())).shape)
-    rules = TimingRules(min_samples=30, min_time_s=args.seconds, max_time_s=args.seconds * 2)
+    # equal windows, as benchmark_app times them: no extra sampling for the median's interval
+    rules = TimingRules(min_samples=30, min_time_s=args.seconds, max_time_s=args.seconds * 2, median_ci=None)
     static = create_deployer(artifact, backend="openvino", static_dims=dict(spec.dims)).load()
     dynamic = None if args.without_dynamic else create_deployer(artifact, backend="openvino").load()
     print(f"{args.model}: {artifact.path} at {shape}, {static.runtime_notes['threads']} threads, f32; static: "

@@ -29,7 +29,8 @@ def main() -> int:
     spec = get_model(args.model)
     dims = {**spec.dims, "batch": args.batch}
     inputs = spec.make_inputs(seed=0, dims=dims)
-    rules = TimingRules(min_samples=20, min_time_s=args.seconds, max_time_s=args.seconds * 2)
+    # equal windows on both sides of each pair: no extra sampling for the median's interval
+    rules = TimingRules(min_samples=20, min_time_s=args.seconds, max_time_s=args.seconds * 2, median_ci=None)
     for backend in args.backends.split(","):
         fmt = engine_class(backend).formats[0]
         artifact = deploy_model(spec, fmt, precision="fp32")

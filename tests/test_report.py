@@ -79,7 +79,7 @@ def test_terminal_table_marks_best_and_lists_skips_with_reasons(matrix):
     assert "resnet18-onnx-openvino-fp32: RuntimeError: unsupported op Foo" in tail
     # skipped cells are listed apart, not as rows of the tables
     assert not any(line.split()[:2] == ["tflite", "tflite"] for line in text[:text.index("not run")].splitlines())
-    assert "unstable (latency spread too wide to trust): resnet18-openvino-openvino-int8" in text
+    assert "unstable (the time cap came before the median was pinned down): resnet18-openvino-openvino-int8" in text
 
 
 def test_markdown_puts_verdicts_first_and_folds_skips(matrix):

@@ -91,15 +91,18 @@ def test_cell_stopped_by_the_time_cap_is_marked_unstable_with_the_cap(fp32):
     capped = measured("digits_cnn", "openvino", "openvino", median=1.0)
     capped.samples_ms = [10.0] * 999 + [9.9]  # 10 s of calls: the cap stopped it, not the rules
     capped.stopped_by = STOPPED_BY_MAX_TIME
+    capped.extra["median_ci"] = 0.031  # what the timing reached: +-3.1 %, short of its goal
     results = [fp32, capped]
 
     table = terminal_table(results)
     row = _row(table, "openvino", "openvino")
-    assert row.startswith("~") and "ok unstable (hit the 10 s cap) [1]" in row
+    status = "ok unstable (hit the 10 s cap with the median known to ±3.1%) [1]"
+    assert row.startswith("~") and status in row
     assert "unstable" not in _row(table, "onnx", "onnxruntime")
-    assert "[1] unstable: the timing hit the --max-time cap before the median was pinned down" in table
-    assert "ok unstable (hit the 10 s cap) [1]" in markdown_report(results)
-    assert "ok unstable (hit the 10 s cap) [1]</td>" in html_report(results)
+    assert "[1] unstable: the timing hit the --max-time cap before the median's 95% confidence interval" in table
+    assert "unstable (the time cap came before the median was pinned down): digits_cnn-openvino" in table
+    assert status in markdown_report(results)
+    assert status + "</td>" in html_report(results)
 
 
 def test_pareto_front_leaves_out_cells_that_fail_accuracy(failing_int8, fp32):
@@ -186,14 +189,17 @@ def test_a_measured_cell_shows_all_three_notes(small_cnn_spec):
 
     settings = RunSettings(threads=1, in_process=True, memory=MemoryRules(enabled=False),
                            tolerances={"int8": {"cosine": 0.9999999}},
-                           timing=TimingRules(warmup_count=1, warmup_s=0, min_samples=200_000, max_samples=200_000,
-                                              min_time_s=0.1, max_time_s=0.3))
+                           timing=TimingRules(warmup_count=1, warmup_s=0, min_time_s=0.1, max_time_s=0.3,
+                                              median_ci=1e-6))
     result = run_one_cell(small_cnn_spec, Cell("small_cnn", "onnx", "onnxruntime", "int8"), settings)
     assert result.ok, result.reason
     assert result.stopped_by == STOPPED_BY_MAX_TIME and not result.tolerance.passed
     table = terminal_table([result])
     row = _row(table, "onnx", "onnxruntime", "int8")
-    assert "int8 [1]" in row and "ok (accuracy fails) unstable (hit the 0.3 s cap) [2] [3]" in row
+    reached = result.extra["median_ci"]
+    assert reached > 1e-6 and result.extra["median_ci_goal"] == 1e-6
+    assert "int8 [1]" in row
+    assert f"ok (accuracy fails) unstable (hit the 0.3 s cap with the median known to ±{reached:.1%}) [2] [3]" in row
     assert f"[1] int8 calibration used {SOURCE_RANDOM}" in table
     assert f"[2] accuracy fails: {result.tolerance.message}" in table and "cosine" in result.tolerance.message
     assert "[3] unstable: the timing hit the --max-time cap" in table

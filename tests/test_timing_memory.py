@@ -34,7 +34,8 @@ def inputs(small_cnn_spec):
 
 
 def test_min_samples_and_min_time_are_both_honoured(engine, inputs):
-    by_count = benchmark_inference(engine, inputs, warmup_count=3, warmup_s=0, min_samples=50, min_time_s=0)
+    by_count = benchmark_inference(engine, inputs, warmup_count=3, warmup_s=0, min_samples=50, min_time_s=0,
+                                   median_ci=None)
     assert by_count.stats.n == 50 and len(by_count.samples_ms) == 50
     assert by_count.stopped_by == STOPPED_BY_RULES and not by_count.capped
 
@@ -63,7 +64,8 @@ def test_caps_stop_sampling_and_are_recorded(engine, inputs):
 
 def test_first_inference_is_timed_apart(onnx_artifact, inputs):
     with create_deployer(onnx_artifact, backend="onnxruntime", threads=1) as fresh:
-        timing = benchmark_inference(fresh, inputs, warmup_count=2, warmup_s=0, min_samples=10, min_time_s=0)
+        timing = benchmark_inference(fresh, inputs, warmup_count=2, warmup_s=0, min_samples=10, min_time_s=0,
+                                     median_ci=None)
         assert timing.first_inference_ms is not None and timing.first_inference_ms > 0
         assert timing.load_ms == fresh.load_ms and timing.load_ms > 0
         assert timing.stats.n == 10  # the first call is not one of the samples

@@ -51,6 +51,22 @@ def parse_csv(text: str | Sequence[str] | None) -> list[str]:
     return [str(part) for part in text]
 
 
+def parse_fraction(text: str | float, what: str = "threshold") -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05; a one-line error naming ``what`` otherwise. A bare number of 1 or
+    more ('5') is refused: read as a fraction it would mean 500 % and silently pass a 1.6x slower cell."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise DeployBenchError(f"{what} {text!r} is not a number; write 5% or 0.05") from None
+    if not raw.endswith("%") and value >= 1:
+        raise DeployBenchError(f"{what} {raw} is ambiguous: write {raw}% for a percentage, or a fraction "
+                               "below 1 such as 0.05")
+    return value
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A named input or output: shape (an int per fixed axis, a name per dynamic axis) and dtype.

@@ -15,23 +15,7 @@ from deploybench.harness.gate.statistics import DEFAULT_DRIFT_ALLOWANCE
 from deploybench.harness.gate.verdict import (DEFAULT_ACCURACY_THRESHOLDS, GateSettings, Verdict, gate_results,
                                               history_medians, load_run, machine_of, markdown_verdicts)
 from deploybench.harness.results.io import write_text_atomic
-from deploybench.spec import DeployBenchError
-
-
-def parse_fraction(text: str | float) -> float:
-    """'5%' -> 0.05, '0.05' -> 0.05; a one-line error otherwise. A bare number of 1 or more ('5') is
-    refused: read as a fraction it would mean 500 % and silently pass a 1.6x slower cell."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    raw = str(text).strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise DeployBenchError(f"threshold {text!r} is not a number; write 5% or 0.05") from None
-    if not raw.endswith("%") and value >= 1:
-        raise DeployBenchError(f"threshold {raw} is ambiguous: write {raw}% for a percentage, or a fraction "
-                               "below 1 such as 0.05")
-    return value
+from deploybench.spec import DeployBenchError, parse_fraction
 
 
 def parse_accuracy_thresholds(text: str | None) -> dict[str, float]:

@@ -4,12 +4,20 @@ Percentiles use one method everywhere: linear interpolation between the two near
 (Hyndman & Fan type 7, numpy's default ``method="linear"``): for sorted samples ``x[0..n-1]`` the
 q-th percentile sits at rank ``h = (n - 1) * q / 100`` and is ``x[floor(h)] + (h - floor(h)) *
 (x[floor(h) + 1] - x[floor(h)])``.
+
+The median's confidence interval is distribution-free (order statistics and the binomial law, the
+argument behind MLPerf LoadGen's early stopping): it holds for any latency distribution, assuming only
+that the samples are independent draws from one distribution. ``median_interval`` gives ranks
+``lo, hi`` such that ``[x[lo], x[hi]]`` covers the true median with probability >= the confidence
+(exact binomial tails up to ``EXACT_BINOMIAL_MEAN``, a continuity-corrected normal approximation
+beyond, where its rank error is below one sample).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -26,6 +34,11 @@ UNSTABLE_P99_OVER_MEDIAN = 2.0
 # Fewer samples than this cannot show a p99 at all.
 UNSTABLE_MIN_SAMPLES = 5
 
+# The confidence the median's interval is stated at.
+CONFIDENCE = 0.95
+# Above this expected count of the binomial tail, the normal approximation replaces the exact sum.
+EXACT_BINOMIAL_MEAN = 500
+
 
 def percentile(sorted_samples: np.ndarray, q: float) -> float:
     """The q-th percentile (0..100) of already sorted samples, by linear interpolation."""
@@ -37,6 +50,56 @@ def percentile(sorted_samples: np.ndarray, q: float) -> float:
     high = min(low + 1, n - 1)
     fraction = rank - low
     return float(sorted_samples[low] + fraction * (sorted_samples[high] - sorted_samples[low]))
+
+
+def binomial_tail_rank(n: int, q: float, alpha: float) -> int:
+    """The largest k in 0..n with P(Binomial(n, q) <= k - 1) <= alpha.
+
+    Of n samples, the number below a quantile is binomial; this is how many of the lowest order
+    statistics may lie under it while keeping the chance of that at most ``alpha``.
+    """
+    mean = n * q
+    if mean > EXACT_BINOMIAL_MEAN:
+        sd = math.sqrt(mean * (1 - q))
+        return min(n, max(0, math.floor(mean - 0.5 + NormalDist().inv_cdf(alpha) * sd) + 1))
+    log_ratio = math.log(q) - math.log1p(-q)
+    log_pmf, cdf = n * math.log1p(-q), 0.0
+    for k in range(n + 1):
+        cdf += math.exp(log_pmf)  # P(X <= k)
+        if cdf > alpha:
+            return k
+        log_pmf += math.log(n - k) - math.log(k + 1) + log_ratio
+    return n
+
+
+def median_interval_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """0-based ranks (lo, hi): ``[x[lo], x[hi]]`` of n sorted samples covers the true median with
+    probability >= ``confidence``; None when n is too small for any such interval (n < 6 at 95 %)."""
+    k = binomial_tail_rank(n, 0.5, (1 - confidence) / 2)
+    return (k - 1, n - k) if k >= 1 else None
+
+
+def median_interval(samples: Sequence[float] | np.ndarray,
+                    confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
+    """(median, low, high): the median and its distribution-free ``confidence`` interval, or None when
+    there are too few samples for one. Unsorted samples are fine: this partitions, it does not sort."""
+    values = np.asarray(samples, dtype=np.float64).ravel()
+    n = values.size
+    ranks = median_interval_ranks(n, confidence)
+    if ranks is None:
+        return None
+    lo, hi = ranks
+    middle = ((n - 1) // 2, n // 2)
+    part = np.partition(values, sorted({lo, hi, *middle}))
+    return float((part[middle[0]] + part[middle[1]]) / 2), float(part[lo]), float(part[hi])
+
+
+def relative_half_width(interval: tuple[float, float, float] | None) -> float:
+    """How far the interval reaches from its median, relative to it: 0.01 means within +-1 %."""
+    if interval is None:
+        return math.inf
+    median, low, high = interval
+    return max(median - low, high - median) / median if median > 0 else math.inf
 
 
 def latency_stats(samples_ms: Sequence[float]) -> LatencyStats:
@@ -106,5 +169,6 @@ def median_ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = 
     return ratio, float(low), float(high)
 
 
-__all__ = ["UNSTABLE_IQR_OVER_MEDIAN", "UNSTABLE_P99_OVER_MEDIAN", "is_unstable", "latency_stats",
-           "median_ratio_ci", "percentile"]
+__all__ = ["CONFIDENCE", "UNSTABLE_IQR_OVER_MEDIAN", "UNSTABLE_P99_OVER_MEDIAN", "binomial_tail_rank", "is_unstable",
+           "latency_stats", "median_interval", "median_interval_ranks", "median_ratio_ci", "percentile",
+           "relative_half_width"]

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
-from deploybench.harness.measure.timing import TimingRules
+from deploybench.harness.measure.timing import DEFAULT_CAP_OVER_MIN_TIME, DEFAULT_SLOW_MODEL_CAP_S, TimingRules
 from deploybench.spec import (DYNAMIC, PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell, DeployBenchError,
-                              parse_csv)
+                              parse_csv, parse_fraction)
 
 # What a run measures when nothing is named (the CLI's defaults and the pytest plugin's).
 DEFAULT_MODELS = ("digits_cnn",)
@@ -201,6 +201,14 @@ positive_int = _positive(int, "whole number", at_least_one=True)
 positive_float = _positive(float, "number", at_least_one=False)
 
 
+def median_ci_fraction(text: str | float) -> float:
+    """'2%' or 0.02 -> 0.02, the median's confidence half-width as a fraction of it (an argparse type)."""
+    try:
+        return parse_fraction(text, "--median-ci")
+    except DeployBenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_ints(text: str) -> tuple[int, ...]:
     """'1,8,32' -> (1, 8, 32), each at least 1 and none twice (an argparse type)."""
     values = tuple(positive_int(part.strip()) for part in str(text).split(",") if part.strip())
@@ -266,9 +274,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--min-samples",), ("--min-samples",), dict(
         dest="min_samples", type=positive_int, default=_TIMING.min_samples, metavar="N",
         help=f"and at least N timed calls (default: {_TIMING.min_samples})")),
+    Option(("--median-ci",), ("--median-ci",), dict(
+        dest="median_ci", type=median_ci_fraction, default=_TIMING.median_ci, metavar="PCT",
+        help=f"then keep sampling until the median's 95%% confidence interval lies within ±PCT of it, e.g. 1%% "
+             f"(default: {_TIMING.median_ci * 100:g}%%)")),
     Option(("--max-time",), ("--max-time",), dict(
-        dest="max_time", type=positive_float, default=_TIMING.max_time_s, metavar="S",
-        help=f"stop sampling a cell after S seconds whatever the other rules say (default: {_TIMING.max_time_s:g})")),
+        dest="max_time", type=positive_float, default=None, metavar="S",
+        help=f"stop sampling a cell after S seconds whatever the other rules say; a cell stopped there before its "
+             f"median was pinned down is unstable (default: {DEFAULT_CAP_OVER_MIN_TIME} x --min-time, and "
+             f"{DEFAULT_SLOW_MODEL_CAP_S:g} s for a model too slow to reach --min-samples before)")),
     Option(("--timeout", "--cell-timeout"), ("--cell-timeout",), dict(
         dest="cell_timeout", type=positive_float, default=DEFAULT_STAGE_TIMEOUT_S, metavar="S",
         help=f"seconds each stage of a cell may take (conversion, memory child, timing...) before the cell is "
@@ -346,7 +360,7 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         given = get(dest)
         return defaults[dest] if given is None else given
 
-    min_time, max_time = float(value("min_time")), float(value("max_time"))
+    min_time, max_time = float(value("min_time")), value("max_time")
     threads = _sizes(value("threads"), "threads")
     dims = value("dims") or ()
     dims = tuple((name, _sizes(sizes, name)) for name, sizes in (dims.items() if isinstance(dims, Mapping) else dims))
@@ -360,7 +374,8 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
         threads=threads[0] if len(threads) == 1 else None, seed=int(value("seed")), sweep=sweep,
         server=ServerRules(p99_budget_ms=float(budget) if budget else None),
         timing=TimingRules(min_samples=int(value("min_samples")), min_time_s=min_time,
-                           max_time_s=max(max_time, min_time)),
+                           max_time_s=None if max_time is None else max(float(max_time), min_time),
+                           median_ci=parse_fraction(value("median_ci"), "--median-ci")),
         memory=MemoryRules(enabled=not value("no_memory")),
         tolerances=parse_tolerances(value("tolerance")), timeout_s=float(value("cell_timeout")),
         max_memory_mb=float(value("max_memory")) if value("max_memory") else None,

@@ -200,6 +200,7 @@ def time_engine(engine, spec: ModelSpec, inputs, settings: RunSettings, result: 
     result.latency_ms, result.samples_ms = timing.stats, timing.samples_ms
     result.throughput_ips, result.unstable = timing.throughput_ips, timing.unstable
     result.stopped_by, result.warmup_count = timing.stopped_by, timing.warmup_count
+    result.extra.update(timing.extra)
     if spec.task == "detection":
         from deploybench.harness.measure.detection import end_to_end_latency
 
@@ -218,7 +219,7 @@ def time_scenario(engine, inputs, settings: RunSettings, result: Result) -> None
         from deploybench.harness.measure.scenarios import run_offline
 
         offline = run_offline(engine, inputs, min_time_s=settings.timing.min_time_s,
-                              max_time_s=max(settings.timing.max_time_s, settings.timing.min_time_s))
+                              max_time_s=settings.timing.time_cap_s)
         result.latency_ms, result.throughput_ips = offline.latency, offline.samples_per_s
         result.scenario_figures = offline.to_dict()
         return

@@ -79,9 +79,9 @@ def cell_notes(result: Result) -> list[CellNote]:
         notes.append(CellNote(STATUS, scenario))
     if result.ok and hit_time_cap(result):
         # one text for every capped cell, so a run of many shares one footnote; the status names the cap
-        notes.append(CellNote(STATUS, "unstable: the timing hit the --max-time cap before the median was pinned "
-                                      "down, so the figure may move between runs; a quieter machine or a higher "
-                                      "--max-time settles it"))
+        notes.append(CellNote(STATUS, "unstable: the timing hit the --max-time cap before the median's 95% "
+                                      "confidence interval was within --median-ci of it, so the figure may move "
+                                      "between runs; a quieter machine or a higher --max-time settles it"))
     return notes
 
 

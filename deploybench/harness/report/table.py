@@ -117,7 +117,11 @@ def is_unstable(result: Result) -> bool:
 def _status(result: Result) -> str:
     text = "ok (accuracy fails)" if result.ok and not result.passes_accuracy else result.status
     if result.ok and hit_time_cap(result):
-        return f"{text} unstable ({time_cap_text(result)})"
+        reached, goal = result.extra.get("median_ci"), result.extra.get("median_ci_goal")
+        # a median pinned down within its goal means the cap cut the minimum calls short, not the precision
+        short = isinstance(reached, (int, float)) and not (isinstance(goal, (int, float)) and reached <= goal)
+        at = f" with the median known to ±{reached:.1%}" if short else ""
+        return f"{text} unstable ({time_cap_text(result)}{at})"
     return text + " unstable" if result.unstable else text
 
 
@@ -233,10 +237,10 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         lines.append("no cell matched the models, backends, precisions, formats and shard asked for")
     elif not any(r.ok for r in results):
         lines.append("no cell ran successfully")
-    unstable = [r for r in results if r.ok and r.unstable]
+    unstable = [r for r in results if r.ok and is_unstable(r)]
     if unstable:
         lines.append("")
-        lines.append(f"{UNSTABLE_MARK} unstable (latency spread too wide to trust): "
+        lines.append(f"{UNSTABLE_MARK} unstable (the time cap came before the median was pinned down): "
                      + ", ".join(r.cell.id for r in unstable))
     others = cells_not_run(results)
     if others:
