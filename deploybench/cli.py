@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=None, metavar="NAME:SHAPE[:DTYPE[:VALUES]]",
                      help="a named input of a file.py:factory model, for token ids and masks: VALUES is LOW..HIGH "
                           "(integers exclude HIGH), mask (0 or 1) or =VALUE, e.g. input_ids:1x32:int64:0..30522 "
-                          "attention_mask:1x32:int64:mask; repeat once per input")
+                          "attention_mask:1x32:int64:mask; repeat once per input. For an exported .onnx/.tflite/"
+                          ".xml file it sizes and fills the file's own inputs: input:1x512 sr::int64:=16000 (an "
+                          "empty SHAPE or DTYPE keeps the file's)")
     run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
     add_options(run.add_argument, edge="cli")
     run.add_argument("--resume", default=None, metavar="RESULTS",
@@ -152,11 +154,10 @@ def run_command(args: argparse.Namespace) -> int:
     inputs = [*(args.input_shape or ()), *(args.input or ())]
     from .models import MODELS
 
-    files = [ref for ref in refs if ".py:" not in ref and ref not in MODELS.names()]
-    if inputs and (files or not any(".py:" in ref for ref in refs)):  # an option that cannot apply is an error
-        raise DeployBenchError(f"--input-shape and --input are for file.py:factory models; "
-                               f"{', '.join(files) or 'zoo models'} take(s) the inputs they declare: size a dynamic "
-                               "axis with --dims AXIS=N instead")
+    if inputs and all(ref in MODELS.names() for ref in refs):  # an option that cannot apply is an error
+        raise DeployBenchError(f"--input-shape and --input are for a file.py:factory or an exported model file; "
+                               f"zoo model(s) {', '.join(refs)} take the inputs they declare: size a dynamic axis "
+                               "with --dims AXIS=N instead")
     models = [ref_with_inputs(ref, inputs) for ref in refs]
     resume = Matrix.load(args.resume) if args.resume else None
     stop_on_sigterm()

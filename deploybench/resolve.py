@@ -9,6 +9,7 @@ other back. Calling a user's factory runs their code: the harness does that in a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 from .converters import spec_from_file as model_from_artifact
 from .models import ARTIFACT_SUFFIXES, MODELS, model_from_module
-from .spec import DeployBenchError, ModelSpec, TensorSpec, input_text, parse_input, parse_shape
+from .spec import DeployBenchError, ModelSpec, TensorSpec, input_text, parse_input, parse_input_parts, parse_shape
 
 
 def get_model(ref: str, input_shapes: Sequence[Sequence[int] | TensorSpec] | None = None) -> ModelSpec:
@@ -116,7 +117,7 @@ def is_rebuildable_ref(ref: str | None) -> bool:
     """True when a fresh process can rebuild the model from ``ref``: a zoo name, a ``file.py:factory``, a file."""
     if not ref:
         return False
-    base = ref.partition("@")[0] if ".py:" in ref else ref
+    base = _split_ref(ref)[0]
     return base in MODELS.names() or ".py:" in base or Path(base).suffix.lower() in ARTIFACT_SUFFIXES
 
 
@@ -174,10 +175,61 @@ class ModelSource:
         return cls(payload=Path(data["payload_path"]).read_bytes(), label=str(data.get("label", "")))
 
 
+def _split_ref(ref: str) -> tuple[str, str]:
+    """(model, inputs) of a ref: a ``file.py:factory`` or an exported file may carry inputs after ``@``
+    (a path that merely contains an ``@`` keeps it: the inputs follow a model file's suffix)."""
+    if ".py:" in ref:
+        base, _, inputs = ref.partition("@")
+        return base, inputs
+    base, at, inputs = ref.rpartition("@")
+    if at and Path(base).suffix.lower() in ARTIFACT_SUFFIXES:
+        return base, inputs
+    return ref, ""
+
+
 def resolve_ref(ref: str) -> ModelSpec:
     """Inverse of ``ModelSpec.ref``: rebuild the same model in a fresh process."""
-    base, _, inputs = ref.partition("@") if ".py:" in ref else (ref, "", "")
+    base, inputs = _split_ref(ref)
+    if inputs and ".py:" not in base:
+        return with_file_inputs(get_model(base), inputs.split(";"))
     return get_model(base, parse_inputs(inputs.replace(";", ",").split(",")) if inputs else None)
+
+
+def with_file_inputs(spec: ModelSpec, texts: Sequence[str]) -> ModelSpec:
+    """An exported file's model with its inputs sized and valued by ``--input NAME:SHAPE[:DTYPE[:VALUES]]``:
+    SHAPE sizes the input's dynamic axes (its fixed axes must match), DTYPE must be the file's, VALUES
+    bounds the seeded values (``sr::int64:=16000``). An input the file lacks, or one that does not fit,
+    is a one-line error naming the file and the input."""
+    file = spec.source_path.name if spec.source_path else spec.name
+    by_name = {t.name: t for t in spec.inputs}
+    dims, sized_by = dict(spec.dims), {}
+    for text in texts:
+        name, shape, dtype, value_range = parse_input_parts(text)
+        tensor = by_name.get(name)
+        if tensor is None:
+            raise DeployBenchError(f"{file} has no input {name!r}; its inputs: "
+                                   + ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in spec.inputs))
+        if dtype is not None and dtype != tensor.dtype:
+            raise DeployBenchError(f"{file} input {name!r} is {tensor.dtype}, not {dtype}: leave DTYPE empty "
+                                   f"({name}:SHAPE::VALUES) or write {tensor.dtype}")
+        if shape is not None:
+            if len(shape) != len(tensor.shape):
+                raise DeployBenchError(f"{file} input {name!r} has shape {list(tensor.shape)}; --input gave "
+                                       f"{'x'.join(map(str, shape))} (leave SHAPE empty for a scalar: {name}::...)")
+            for axis, (have, want) in enumerate(zip(tensor.shape, shape)):
+                if isinstance(have, int) and have != want:
+                    raise DeployBenchError(f"{file} input {name!r} axis {axis} is fixed at {have}, not {want}")
+                if isinstance(have, str):
+                    if have in sized_by and dims[have] != want:
+                        raise DeployBenchError(f"{file}: axis {have!r} is {dims[have]} in {sized_by[have]!r} and "
+                                               f"{want} in {name!r}; one axis has one size")
+                    dims[have], sized_by[have] = want, name
+        if value_range is not None:
+            by_name[name] = dataclasses.replace(tensor, value_range=value_range)
+    spec.inputs = tuple(by_name[t.name] for t in spec.inputs)
+    spec.dims = dims
+    spec.ref = f"{spec.ref}@{';'.join(texts)}"
+    return spec
 
 
 def parse_inputs(texts: Sequence[str]) -> list[tuple[int, ...]] | list[TensorSpec]:
@@ -189,12 +241,19 @@ def parse_inputs(texts: Sequence[str]) -> list[tuple[int, ...]] | list[TensorSpe
 
 
 def ref_with_inputs(ref: str, inputs: Sequence[str] | None) -> str:
-    """The ref a worker resolves: a ``file.py:factory`` with its inputs after ``@`` (one home for the form,
-    for ``run`` and ``compare``); any other ref as it is."""
+    """The ref a worker resolves: a ``file.py:factory`` or an exported file with its inputs after ``@`` (one
+    home for the form, for ``run`` and ``compare``); a zoo model as it is. A file's inputs are checked here,
+    so a name it lacks is refused before any worker starts."""
     if ref.endswith(".py"):
         raise DeployBenchError(f"{ref}: name the factory function too, e.g. {ref}:build_model")
-    if not inputs or ".py:" not in ref:
+    if not inputs or ref in MODELS.names():
         return ref
+    if ".py:" not in ref:
+        if any(":" not in text for text in inputs):
+            raise DeployBenchError(f"{ref}: a model file's inputs are named; size them with --input NAME:SHAPE "
+                                   f"(e.g. --input {model_from_artifact(Path(ref)).inputs[0].name}:1x512), "
+                                   "not --input-shape")
+        return with_file_inputs(get_model(ref), inputs).ref
     parsed = parse_inputs(inputs)
     text = ";".join(input_text(t) for t in parsed) if isinstance(parsed[0], TensorSpec) else \
         ",".join("x".join(map(str, shape)) for shape in parsed)
@@ -214,4 +273,4 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
 
 
 __all__ = ["ModelSource", "deploy_model", "get_model", "is_rebuildable_ref", "model_from_artifact", "model_spec",
-           "parse_inputs", "ref_with_inputs", "resolve_ref"]
+           "parse_inputs", "ref_with_inputs", "resolve_ref", "with_file_inputs"]

@@ -257,8 +257,7 @@ def bad_cli_runs(tmp_path_factory):
         "output in /sys": ["run", "--models", "digits_cnn", "--output", "/sys/out.json"],
         "output is a folder": ["run", "--models", "digits_cnn", "--output", str(tmp)],
         "output in a missing folder": ["run", "--models", "digits_cnn", "--output", str(tmp / "no" / "out.json")],
-        "inputs for a model file": ["run", "--models", f"{no_factory}:build,{tmp / 'm.onnx'}", "--input-shape",
-                                    "1x3x8x8"],
+        "inputs for a zoo model": ["run", "--models", "digits_cnn", "--input-shape", "1x3x8x8"],
     }
     processes = {name: subprocess.Popen([sys.executable, "-m", "deploybench.cli", *args], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
@@ -273,7 +272,7 @@ def bad_cli_runs(tmp_path_factory):
     ("bad shard", "bad --shard '3/2'"), ("bad option", "must be positive"),
     ("output in /sys", "cannot write /sys/out.json: permission denied"), ("output is a folder", "is a directory"),
     ("output in a missing folder", "does not exist"),
-    ("inputs for a model file", "m.onnx take(s) the inputs they declare: size a dynamic axis with --dims"),
+    ("inputs for a zoo model", "zoo model(s) digits_cnn take the inputs they declare: size a dynamic axis with --dims"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(bad_cli_runs, case, words):
     returncode, stderr = bad_cli_runs[case]

@@ -208,7 +208,8 @@ class InferenceEngine(abc.ABC):
                     raise DeployBenchError(f"input {name!r} of {self.artifact.path.name} is {array.dtype}; "
                                            f"it takes {spec.dtype}")
                 array = array.astype(want)
-            feed[name] = np.ascontiguousarray(array)
+            # not np.ascontiguousarray, which turns a scalar (a sample rate) into shape (1,)
+            feed[name] = np.require(array, requirements="C")
         return feed
 
     def _standardize(self, raw: Mapping[str, Any] | list | tuple) -> Outputs:

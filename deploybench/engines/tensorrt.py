@@ -68,7 +68,7 @@ class TensorRTEngine(InferenceEngine):
         to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         hosts = []
         for name in self._input_names:
-            array = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
+            array = np.require(feed[name], dtype=self._dtypes[name], requirements="C")
             hosts.append(array)  # kept alive until the stream is synchronized
             self._context.set_input_shape(name, array.shape)
             pointer = self._device_buffer(name, array.nbytes)

@@ -17,10 +17,11 @@ from deploybench.spec.cell import (DYNAMIC, OFFLINE, SCENARIOS, SERVER, SINGLE_S
 from deploybench.spec.model import (PRECISIONS, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STATUS_TIMEOUT, Artifact,
                                     DeployBenchError, ModelSpec, NotSupported, PrecisionNotSupported,
                                     ShapeNotSupported, TensorSpec, check_choice,
-                                    input_text, parse_csv, parse_fraction, parse_input, parse_shape)
+                                    input_text, parse_csv, parse_fraction, parse_input,
+                                    parse_input_parts, parse_shape)
 
 __all__ = ["DYNAMIC", "OFFLINE", "PRECISIONS", "SCENARIOS", "SERVER", "SINGLE_STREAM", "STAGES", "STATIC", "STATUS_FAILED", "STATUS_OK", "STATUS_SKIPPED", "STATUS_TIMEOUT", "Accuracy",
            "Artifact", "Cell", "DeployBenchError", "LatencyStats", "ModelSpec", "NotSupported", "PrecisionNotSupported",
            "Result", "ShapeNotSupported",
-           "TensorSpec", "ToleranceCheck", "check_choice", "input_text", "parse_csv", "parse_fraction", "parse_input",
+           "TensorSpec", "ToleranceCheck", "check_choice", "input_text", "parse_csv", "parse_fraction", "parse_input", "parse_input_parts",
            "parse_shape"]

@@ -105,7 +105,8 @@ class TensorSpec:
         shape = self.concrete_shape(dims)
         if self.dtype.startswith(("int", "uint")) or self.dtype == "bool":
             low, high = self.value_range or (0, 2 if self.dtype == "bool" else 100)
-            return rng.integers(int(low), int(high), size=shape).astype(self.dtype)
+            # a constant (=16000) given as (c, c): integers draw below HIGH, so the one value is c
+            return rng.integers(int(low), max(int(high), int(low) + 1), size=shape).astype(self.dtype)
         if self.value_range is not None:
             low, high = self.value_range
             values = rng.uniform(low, high, size=shape)
@@ -141,32 +142,43 @@ def parse_input(text: str) -> TensorSpec:
 
     VALUES is ``LOW..HIGH`` (integers: HIGH excluded, as token ids below a vocabulary size), ``mask``
     (0 or 1) or ``=VALUE`` (always VALUE, e.g. a sample rate); floats default to standard normal noise."""
+    name, shape, dtype, value_range = parse_input_parts(text)
+    if shape is None:
+        raise DeployBenchError(f"bad --input {text!r}: a factory's input needs its SHAPE, e.g. input_ids:1x32:int64")
+    return TensorSpec(name, ("batch", *shape[1:]), dtype or "float32", value_range)
+
+
+def parse_input_parts(text: str) -> tuple[str, tuple[int, ...] | None, str | None, tuple[float, float] | None]:
+    """NAME:SHAPE[:DTYPE[:VALUES]] -> (name, shape, dtype, value range), None for a part left empty: for an
+    exported file's input an empty SHAPE or DTYPE keeps the file's own (``sr::int64:=16000``, a scalar)."""
     parts = str(text).split(":")
     if len(parts) < 2 or len(parts) > 4 or not parts[0].strip():
         raise DeployBenchError(f"bad --input {text!r}: write NAME:SHAPE[:DTYPE[:VALUES]], e.g. "
                                "input_ids:1x32:int64:0..1000 or attention_mask:1x32:int64:mask")
-    name, shape_text = parts[0].strip(), parts[1]
-    dtype = parts[2].strip() if len(parts) > 2 and parts[2].strip() else "float32"
+    name, shape_text = parts[0].strip(), parts[1].strip()
+    dtype = parts[2].strip() if len(parts) > 2 and parts[2].strip() else None
+    if dtype is not None and dtype not in _DTYPES:
+        raise DeployBenchError(f"bad --input {text!r}: unknown dtype {dtype!r}; one of {', '.join(sorted(_DTYPES))}")
     values = parts[3].strip() if len(parts) > 3 else ""
-    value_range = None
     try:
-        shape: list[int | str] = list(parse_shape(shape_text))
-        shape[0] = "batch"
+        shape = parse_shape(shape_text) if shape_text else None
+    except DeployBenchError as exc:
+        raise DeployBenchError(f"bad --input {text!r}: {exc}") from None
+    try:
+        value_range = None
         if values == "mask":
             value_range = (0.0, 2.0)
         elif values.startswith("="):
             constant = float(values[1:])
-            value_range = (constant, constant + 1 if dtype.startswith(("int", "uint")) else constant)
+            value_range = (constant, constant + 1 if (dtype or "").startswith(("int", "uint")) else constant)
         elif values:
             low, sep, high = values.partition("..")
             value_range = (float(low), float(high)) if sep else None
             if value_range is None or value_range[0] > value_range[1]:
                 raise ValueError
-        return TensorSpec(name, tuple(shape), dtype, value_range)
     except ValueError:
         raise DeployBenchError(f"bad values {values!r} in --input {text!r}: write LOW..HIGH, mask or =VALUE") from None
-    except DeployBenchError as exc:
-        raise DeployBenchError(f"bad --input {text!r}: {exc}") from None
+    return name, shape, dtype, value_range
 
 
 def input_text(spec: TensorSpec, batch: int = 1) -> str:

@@ -64,7 +64,7 @@ def _inputs_key(inputs: Mapping[str, np.ndarray] | np.ndarray) -> str:
     digest = hashlib.sha1()
     named = {"": inputs} if isinstance(inputs, np.ndarray) else inputs
     for name, value in named.items():
-        array = np.ascontiguousarray(value)
+        array = np.require(value, requirements="C")  # a scalar stays a scalar
         digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
@@ -103,10 +103,10 @@ def torch_outputs(module, inputs: Mapping[str, np.ndarray] | np.ndarray, output_
     import torch
 
     if isinstance(inputs, np.ndarray):
-        tensors = [torch.from_numpy(np.ascontiguousarray(inputs))]
+        tensors = [torch.from_numpy(np.require(inputs, requirements="C"))]
     else:
         order = list(input_names) if input_names else list(inputs)
-        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in order]
+        tensors = [torch.from_numpy(np.require(inputs[n], requirements="C")) for n in order]
     with torch.inference_mode():
         raw = module(*tensors)
     if isinstance(raw, Mapping):
