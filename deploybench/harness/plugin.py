@@ -49,6 +49,9 @@ def pytest_addoption(parser):
                     help="gate the session's results against a baseline JSON or storage id; exit 1 on regression")
     group.addoption("--deploybench-gate-ref", default=None, metavar="REF",
                     help="gate against the same tests run at git REF (e.g. origin/main) in a temporary worktree")
+    group.addoption("--deploybench-planned", default=None, metavar="FILE", help="write every planned cell id (JSON)")
+    group.addoption("--deploybench-shard-universe", default=None, metavar="FILE",
+                    help="deal --shard from these cell ids too (JSON; what a sharded gate hands its baseline)")
     run_options.add_options(group.addoption, edge="pytest")
 
 
@@ -104,6 +107,7 @@ class DeployBenchState:
         self.verdicts: list = []
         self.gate_error: str | None = None
         self._planned: list | None = None
+        self.universe: set[str] = set()  # the cell ids --shard was dealt from (both sides' under a gate)
         self.json_written, self.json_failure = None, ""  # --deploybench-json: where it went, why not there
 
     # ---- configuration ------------------------------------------------------------------
@@ -132,7 +136,8 @@ class DeployBenchState:
         ``file.py:factory`` is resolved in its worker (its code never runs in this process)."""
         if self._planned is None:
             from deploybench.harness.pipeline.matrix import open_workers
-            from deploybench.harness.pipeline.plan import parse_shard, plan_cells, select_shard
+            from deploybench.harness.gate.session import session_shard
+            from deploybench.harness.pipeline.plan import plan_cells
 
             models = [*self.list_option("models", ()), *user_models] or list(run_options.DEFAULT_MODELS)
             opened = open_workers(models, self.settings)
@@ -141,8 +146,8 @@ class DeployBenchState:
             cells = plan_cells(self.infos.values(), self.list_option("backends", run_options.DEFAULT_BACKENDS),
                                self.list_option("precisions", run_options.DEFAULT_PRECISIONS),
                                sweep=self.settings.sweep)
-            shard = self.option("shard")
-            self._planned = select_shard(cells, *parse_shard(shard)) if shard else cells
+            self._planned, self.universe = session_shard(self.config, cells,
+                                                         _terminal_writer(self.config, "deploybench gate: "))
         return self._planned
 
     def result(self, cell):
@@ -377,7 +382,7 @@ def pytest_sessionfinish(session, exitstatus):
 
         try:
             state.verdicts = gate_pytest_session(session.config, list(state.results.values()), state.settings,
-                                                 _terminal_writer(session.config, "deploybench gate: "))
+                                                 _terminal_writer(session.config, "deploybench gate: "), state.universe)
         except DeployBenchError as exc:
             state.gate_error = str(exc)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
