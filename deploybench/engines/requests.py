@@ -54,6 +54,11 @@ class RequestPool(abc.ABC):
         self._lock = threading.Condition()
         self._outstanding = 0  # submitted and not completed (queued + running)
         self._closed = False
+        self._on_close: list[Callable[[], Any]] = []
+
+    def on_close(self, release: Callable[[], Any]) -> None:
+        """Call ``release`` when the pool closes, after its slots stopped (engines a backend opened for it)."""
+        self._on_close.append(release)
 
     def submit(self, inputs: Any, on_done: OnDone | None = None) -> None:
         """Queue one request on ``inputs`` (checked like ``engine.infer``'s); never blocks on the model."""
@@ -89,6 +94,8 @@ class RequestPool(abc.ABC):
             self.wait_all(timeout=60)
             self._closed = True
             self._close_impl()
+            for release in self._on_close:
+                release()
 
     def __enter__(self) -> RequestPool:
         return self

@@ -8,6 +8,7 @@ always pass and get float32.
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,12 +90,24 @@ class TFLiteEngine(InferenceEngine):
         self._current_shapes[name] = tuple(shape)
 
     def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
-        """One request at a time on the engine's interpreter (an interpreter runs one invoke at once):
-        LiteRT's parallelism is inside the call, the interpreter's ``num_threads`` (XNNPACK's pool)."""
-        pool = ThreadRequestPool(self, 1, self._infer_impl, want_outputs=outputs)
-        pool.notes["parallel"] = (f"one request at a time on one interpreter; inside it num_threads="
-                                  f"{self.threads} ({'XNNPACK' if self.options.get('xnnpack', True) else 'builtin'}"
-                                  " kernels)")
+        """By default one request at a time on the engine's interpreter (an interpreter runs one invoke at
+        once): LiteRT's parallelism is inside the call, the interpreter's ``num_threads`` (XNNPACK's pool).
+        ``n`` > 1 loads ``n - 1`` more interpreters of the same file and splits the threads between them
+        (each at least one), as a server running one interpreter per worker does; ``invoke`` releases the
+        GIL, so they overlap."""
+        kernels = "XNNPACK" if self.options.get("xnnpack", True) else "builtin"
+        if not n or n == 1:
+            pool = ThreadRequestPool(self, 1, self._infer_impl, want_outputs=outputs)
+            pool.notes["parallel"] = (f"one request at a time on one interpreter; inside it num_threads="
+                                      f"{self.threads} ({kernels} kernels)")
+            return pool
+        threads = max(1, (self.threads or os.cpu_count() or 1) // n)
+        engines = [self.__class__(self.artifact, self.precision, threads, self.static_dims, **self.options).load()
+                   for _ in range(n)]
+        pool = ThreadRequestPool(self, n, [engine._infer_impl for engine in engines], want_outputs=outputs)
+        pool.notes["parallel"] = (f"{n} interpreters of the same file, one request each, num_threads={threads} "
+                                  f"each ({kernels} kernels)")
+        pool.on_close(lambda: [engine.close() for engine in engines])
         return pool
 
     def _close_impl(self) -> None:
