@@ -12,6 +12,7 @@ from deploybench.spec import Cell, DeployBenchError
 FAST = dict(timing=TimingRules(min_samples=10, min_time_s=0.3, max_time_s=1.0), memory=MemoryRules(enabled=False))
 
 
+@pytest.mark.openvino
 def test_an_offline_cell_measures_throughput_on_the_backends_parallel_requests(small_cnn_spec):
     from deploybench.harness.report.table import terminal_table
 

@@ -82,7 +82,9 @@ def test_planning_drops_the_dynamic_variant_of_a_backend_that_does_not_compile_f
     assert len(by_backend["onnxruntime"]) == 4 and "small_cnn-onnx-onnxruntime-fp32-b4-dynamic" in by_backend["onnxruntime"]
 
 
-@pytest.mark.parametrize("fmt,backend", [("onnx", "onnxruntime"), ("openvino", "openvino"), ("onnx", "openvino")])
+@pytest.mark.parametrize("fmt,backend", [("onnx", "onnxruntime"),
+                                        pytest.param("openvino", "openvino", marks=pytest.mark.openvino),
+                                        pytest.param("onnx", "openvino", marks=pytest.mark.openvino)])
 def test_static_and_dynamic_compiles_give_the_same_outputs_and_say_which_ran(small_cnn_spec, fmt, backend):
     from deploybench.converters import deploy_model
     from deploybench.engines import create_deployer
@@ -114,6 +116,8 @@ def test_a_static_batch_engine_is_judged_on_any_number_of_samples(small_cnn_spec
         assert any_batch(dynamic) == dynamic.infer
 
 
+@pytest.mark.openvino
+@pytest.mark.tflite
 def test_swept_cells_run_at_their_batch_and_threads_and_a_fixed_file_skips_with_its_shape(small_cnn_spec):
     ran = run_one_cell(small_cnn_spec, Cell("small_cnn", "onnx", "openvino", "fp32", dims=(("batch", 4),), threads=1),
                        RunSettings(**FAST))
@@ -188,6 +192,7 @@ def test_a_thread_sweep_is_a_series_of_its_own_beside_the_batch():
     assert by_threads == {"onnx/onnxruntime/fp32 b1": [1, 2], "onnx/onnxruntime/fp32 b8": [1, 2]}
 
 
+@pytest.mark.openvino
 def test_the_gates_interleaved_rerun_runs_a_swept_cell_at_its_own_shape_and_threads(small_cnn_spec):
     from deploybench.harness.gate.interleave import _engine_for
 
@@ -204,6 +209,7 @@ def test_the_gates_interleaved_rerun_runs_a_swept_cell_at_its_own_shape_and_thre
         engine.close()
 
 
+@pytest.mark.openvino
 def test_a_static_compile_the_backend_cannot_do_falls_back_to_dynamic_and_says_so():
     """OpenVINO 2026.4's low-precision passes throw on tiny_transformer's int8 QDQ graph made static
     (found by `make demo`); the cell is then measured dynamic, and its notes and the table say so."""

@@ -135,6 +135,9 @@ def load_program(path: Path, extra: dict[str, str] | None = None):
                                "export the model with torch.export.save")
     logged = _KeepErrors()
     logger = logging.getLogger("torch.export")
+    # torch logs the cause as a WARNING: a quieted "torch" logger (ERROR) would drop it before the filter
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     logger.addFilter(logged)
     try:
         return torch.export.load(path, extra_files=extra or {})
@@ -144,6 +147,7 @@ def load_program(path: Path, extra: dict[str, str] | None = None):
                                f"{type(cause).__name__}: {cause}".splitlines()[0]) from exc
     finally:
         logger.removeFilter(logged)
+        logger.setLevel(level)
 
 
 class _KeepErrors(logging.Filter):
