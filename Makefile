@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-all test-mlflow bench clean
+.PHONY: venv demo test test-all test-tox test-mlflow bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest tests
+
+# Each backend group alone (tox.ini): the fast tests pass with only ONNX Runtime, with OpenVINO but no
+# LiteRT, and so on; a backend that is absent is a skip with its reason. Slow: five environments.
+test-tox: venv
+	$(VENV)/bin/tox -e core,openvino,tflite,coreml,all
 
 # The MLflow sink against a real local tracking server (adds the [mlflow] extra to .venv).
 test-mlflow: venv
