@@ -20,7 +20,7 @@ from typing import Any
 
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.resolve import ModelSource
-from deploybench.spec import (OFFLINE, SINGLE_STREAM, STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
+from deploybench.spec import (INT8_PRECISIONS, OFFLINE, SINGLE_STREAM, STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
                               NotSupported, PrecisionNotSupported, Result, ShapeNotSupported, ToleranceCheck)
 
 # What a cell can be asked to measure; the pytest plugin asks only for what its selected tests need.
@@ -97,7 +97,7 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
 
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
-    if cell.precision == "int8" and settings.calibration_data and not spec.calibration_source:
+    if cell.precision in INT8_PRECISIONS and settings.calibration_data and not spec.calibration_source:
         from deploybench.converters.calibration import use_calibration_file
 
         use_calibration_file(spec, settings.calibration_data)
