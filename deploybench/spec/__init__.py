@@ -14,7 +14,8 @@ This module imports nothing heavy: numpy only. PyTorch is imported lazily by ``M
 
 from deploybench.spec.cell import (DYNAMIC, OFFLINE, SCENARIOS, SERVER, SINGLE_STREAM, STAGES, STATIC, Accuracy, Cell,
                                    LatencyStats, Result, ToleranceCheck)
-from deploybench.spec.model import (INT8_PRECISIONS, PRECISIONS, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, STATUS_TIMEOUT, Artifact,
+from deploybench.spec.model import (INT8_PRECISIONS, PRECISIONS, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,
+                                    STATUS_TIMEOUT, Artifact,
                                     DeployBenchError, ModelSpec, NotSupported, PrecisionNotSupported,
                                     ShapeNotSupported, TensorSpec, check_choice,
                                     input_text, parse_csv, parse_input, parse_shape)
