@@ -11,6 +11,7 @@ means "every criterion holds". Per-sample cosines rank the groups.
 from __future__ import annotations
 
 import functools
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,30 @@ def _quantized_ops(model) -> set[str]:
     compressed weight is an int8 Constant decompressed by Convert / Subtract / Multiply)."""
     quantized = set()
     for op in model.get_ordered_ops():
-        if op.get_type_name() in ("FakeQuantize", *_DECOMPRESSION):
+        if op.get_type_name() in ("FakeQuantize", *_DECOMPRESSION, *_DATA_MOVEMENT):
             continue
         if any(_from_int8(port.get_source_output().get_node()) for port in op.inputs()):
-            quantized.add(f"{op.get_type_name()} {op.get_friendly_name()}")
+            quantized.add(f"{op.get_type_name()} {_label(op)}")
     return quantized
 
 
+def _label(op) -> str:
+    """The op's friendly name; for an op OpenVINO fused and renamed (a Convolution called ``Multiply_11397``
+    after its BatchNorm was folded in), the PyTorch module path of the op it feeds, which names the layer."""
+    name = op.get_friendly_name()
+    if not re.fullmatch(r"[A-Za-z]+_\d+", name) or op.get_output_size() == 0:
+        return name
+    for target in op.output(0).get_target_inputs():
+        consumer = target.get_node().get_friendly_name()
+        if consumer.startswith("__module."):
+            return f"{consumer.split('/')[0]} ({name})"
+    return name
+
+
 _DECOMPRESSION = ("Convert", "Subtract", "Multiply")
+# Ops that move int8 data without computing on it: not layers a reader would call "kept in fp32".
+_DATA_MOVEMENT = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "VariadicSplit", "Gather",
+                  "StridedSlice", "ShapeOf", "Result")
 _INT8_TYPES = ("i8", "u8", "i4", "u4")
 
 
