@@ -79,6 +79,19 @@ def test_int8ac_keeps_a_layer_in_fp32_and_meets_the_tolerance_plain_int8_misses(
     assert f"int8ac kept {len(kept)} op(s) in fp32" in table and "accuracy fails: int8: cosine" in table
 
 
+def test_int8ac_holds_a_tolerance_the_run_overrides(outlier_spec):
+    """--tolerance int8:cosine=0.999 judges the int8ac cell too, so its artifact must hold it, not the default."""
+    import dataclasses
+
+    lenient_model = dataclasses.replace(outlier_spec, tolerances={})
+    strict_run = dataclasses.replace(QUICK, tolerances={"int8": {"cosine": STRICT_COSINE}})
+    aware = run_one_cell(lenient_model, Cell("outlier_cnn", "onnx", "onnxruntime", "int8ac"), strict_run)
+    assert aware.ok and aware.passes_accuracy, (aware.reason, aware.tolerance)
+    assert aware.accuracy.cosine >= STRICT_COSINE and aware.extra["artifact"]["ops_in_fp32"]
+    default = run_one_cell(lenient_model, Cell("outlier_cnn", "onnx", "onnxruntime", "int8ac"), QUICK)
+    assert default.artifact_path != aware.artifact_path  # other criteria, another cache entry
+
+
 @pytest.mark.parametrize("backend", ["torch", "tflite", "coreml", "tensorrt"])
 def test_backends_without_accuracy_aware_int8_skip_it_with_the_reason(small_cnn_spec, backend):
     from deploybench.engines import backend_availability, engine_class

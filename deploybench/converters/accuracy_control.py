@@ -38,11 +38,13 @@ HELD_CRITERIA = ("cosine", "top1_agreement")
 Outputs = list[np.ndarray]  # one sample's outputs, in the model's output order
 
 
-def int8_criteria(spec: ModelSpec) -> dict[str, float]:
-    """The criteria an int8ac artifact of ``spec`` holds: int8's defaults with the model's own overrides
-    (a criterion set to None is not held), restricted to ``HELD_CRITERIA``; top-1 agreement only for a
-    classifier, as the harness judges it."""
-    rules = {**TOLERANCES[INT8AC], **precision_overrides(INT8AC, spec.tolerances)}
+def int8_criteria(spec: ModelSpec, overrides: Mapping[str, float | None] | None = None) -> dict[str, float]:
+    """The criteria an int8ac artifact of ``spec`` holds: int8's defaults with ``overrides`` (default: the
+    model's own; the harness passes the model's and the run's) applied, a criterion set to None not held,
+    restricted to ``HELD_CRITERIA``; top-1 agreement only for a classifier, as the harness judges it."""
+    if overrides is None:
+        overrides = precision_overrides(INT8AC, spec.tolerances)
+    rules = {**TOLERANCES[INT8AC], **overrides}
     held = {key: float(rules[key]) for key in HELD_CRITERIA if rules.get(key) is not None}
     if spec.task != "classification":
         held.pop("top1_agreement", None)
