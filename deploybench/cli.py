@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}); "
                           "see `deploybench backends`")
     run.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS),
-                     help=f"comma-separated precisions: fp32, fp16, bf16, int8 (default: {','.join(DEFAULT_PRECISIONS)})")
+                     help=f"comma-separated precisions: fp32, fp16, bf16, int8, int8ac (default: {','.join(DEFAULT_PRECISIONS)})")
     run.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
     run.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
                      help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._registry import Registry
-from ..spec import Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import INT8_PRECISIONS, Artifact, DeployBenchError, ModelSpec, TensorSpec
 from .cache import ConversionCache, default_cache_dir, model_fingerprint
 
 CONVERTERS = Registry("format", "deploybench.converters", {
@@ -45,7 +45,7 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
     if spec.factory is None and spec.source_format == target and precision == "fp32":
         return artifact_from_path(spec.source_path)
     store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
-    options = {**cpu_defaults(target, precision), **options}
+    options = {**cpu_defaults(target, precision), **accuracy_defaults(spec, precision), **options}
     from .pytorch import trust_folder
 
     trust_folder(store.root)
@@ -61,9 +61,19 @@ def cpu_defaults(target: str, precision: str, flags: frozenset[str] | None = Non
     """
     from ..cpu import int8_saturates
 
-    if target == "onnx" and precision == "int8":
+    if target == "onnx" and precision in INT8_PRECISIONS:
         return {"reduce_range": int8_saturates(flags)}
     return {}
+
+
+def accuracy_defaults(spec: ModelSpec, precision: str) -> dict[str, Any]:
+    """An int8ac artifact holds the int8 criteria of ``spec`` (its own overrides included): resolved here,
+    before the cache key is made, so an artifact built for other criteria is never reused."""
+    if precision != "int8ac":
+        return {}
+    from .accuracy_control import int8_criteria
+
+    return {"accuracy_criteria": int8_criteria(spec)}
 
 
 def _as_spec(model: Any, example_inputs: Any) -> ModelSpec:
@@ -133,4 +143,4 @@ def artifact_from_path(path: Path) -> Artifact:
     return reader(path)
 
 
-__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "cpu_defaults", "spec_from_file", "artifact_from_path", "deploy_model", "torch_artifact"]
+__all__ = ["CONVERSIONS_FROM_FILE", "CONVERTERS", "SUFFIX_FORMATS", "accuracy_defaults", "cpu_defaults", "spec_from_file", "artifact_from_path", "deploy_model", "torch_artifact"]

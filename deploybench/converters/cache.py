@@ -28,7 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ..spec import Artifact, DeployBenchError, ModelSpec
+from ..spec import INT8_PRECISIONS, Artifact, DeployBenchError, ModelSpec
 from ._paths import stays_inside
 
 try:
@@ -146,7 +146,7 @@ def conversion_key(spec: ModelSpec, fmt: str, precision: str, options: dict[str,
         "cache": CACHE_FORMAT_VERSION, "model": model_fingerprint(spec), "format": fmt, "precision": precision,
         "options": {k: repr(v) for k, v in sorted(options.items())}, "tools": tool_versions(fmt),
     }
-    if precision == "int8" and spec.calibration_source:  # a user's calibration file makes another int8 artifact
+    if precision in INT8_PRECISIONS and spec.calibration_source:  # a user's calibration file: another artifact
         payload["calibration"] = spec.calibration_source
     payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

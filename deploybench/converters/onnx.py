@@ -3,13 +3,12 @@
 ``convert`` writes one self-contained ``model.onnx`` (weights inlined) into ``out_dir``.
 fp16 and int8 start from the fp32 graph: for a PyTorch model that graph is the cached fp32
 export (a sibling entry of ``out_dir`` in the conversion cache), for a bring-your-own ``.onnx``
-the file itself. ``bf16`` is the fp32 graph labelled bf16: bf16 execution is the backend's
-precision hint (OpenVINO), not a graph rewrite; ONNX Runtime has no bf16 mode on CPU.
+the file itself; int8 and int8ac (accuracy-aware int8) are made in ``onnx_int8``. ``bf16`` is the
+fp32 graph labelled bf16: bf16 execution is the backend's precision hint (OpenVINO), not a graph
+rewrite; ONNX Runtime has no bf16 mode on CPU.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import shutil
 from pathlib import Path
@@ -19,15 +18,14 @@ import numpy as np
 
 from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 from .onnx_external import data_files_of, external_tensors
-from .calibration import DEFAULT_SAMPLES, calibration_inputs
+from .onnx_int8 import CALIBRATION_METHODS
 
 DEFAULT_OPSET = 18
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8ac")
 # Kept in fp32 by the fp16 pass: reductions and normalisations lose range or precision in fp16,
 # and Resize / NMS-like ops have no fp16 kernel on ONNX Runtime's CPU provider.
 FP16_SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax", "LogSoftmax", "Resize",
                       "InstanceNormalization", "GroupNormalization", "Pow", "Sqrt", "Exp", "Erf")
-CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 PRECISION_KEY = "deploybench.precision"
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8",
@@ -39,7 +37,8 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, opset: int | None = 
 
     Options: ``opset`` (default 18); for int8 ``calibration_size`` (default 64),
     ``calibration_method`` (MinMax, Entropy, Percentile), ``activation_type`` (QUInt8 or QInt8),
-    ``per_channel`` (default True); for fp16 ``fp32_ops`` (op types kept in fp32).
+    ``per_channel`` (default True); for int8ac also ``accuracy_criteria`` (default: the int8 tolerance),
+    ``accuracy_margin``, ``validation_size`` (``onnx_int8``); for fp16 ``fp32_ops`` (op types kept in fp32).
     """
     if precision not in PRECISIONS:
         raise PrecisionNotSupported(f"ONNX has no {precision!r} artifact; choose from: {', '.join(PRECISIONS)}")
@@ -57,7 +56,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, opset: int | None = 
         return _artifact(target, precision, metadata)
     if precision == "fp16":
         return _to_fp16(source, target, options.get("fp32_ops", FP16_SENSITIVE_OPS))
-    return _to_int8(spec, source, target, **options)
+    return _to_int8(spec, source, target, precision, **options)
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -217,60 +216,13 @@ def _sort_nodes(graph) -> None:
 
 
 # ---- int8 --------------------------------------------------------------------------------------
-def _to_int8(spec: ModelSpec, source: Artifact, target: Path, calibration_size: int = DEFAULT_SAMPLES,
-             calibration_method: str = "MinMax", activation_type: str = "QUInt8", per_channel: bool = True,
-             seed: int = 0, reduce_range: bool = False, **_: Any) -> Artifact:
-    # reduce_range: 7-bit weights, for a CPU whose int8 kernels saturate (see deploybench.cpu); deploy_model
-    # picks it for this CPU before the cache key is made, so an artifact is never reused across the two.
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _to_int8(spec: ModelSpec, source: Artifact, target: Path, precision: str, **options: Any) -> Artifact:
+    from .onnx_int8 import to_int8
 
-    if calibration_method not in CALIBRATION_METHODS:
-        raise DeployBenchError(f"unknown calibration_method {calibration_method!r}; choose from: "
-                               f"{', '.join(CALIBRATION_METHODS)}")
-    if activation_type not in ("QUInt8", "QInt8"):
-        raise DeployBenchError(f"unknown activation_type {activation_type!r}; choose QUInt8 or QInt8")
-    if source.precision != "fp32":
-        raise DeployBenchError(f"{source.path} is already {source.precision}; int8 quantization starts from an fp32 "
-                               "model")
-    calibration = calibration_inputs(spec, calibration_size, seed=seed)
-    preprocessed = target.with_name("preprocessed.onnx")
-    # ONNX Runtime's symbolic shape inference dumps "sym_shape_infer_temp.onnx" (+ external data) into
-    # the working directory when it gives up: keep that litter inside the entry being written.
-    with contextlib.chdir(target.parent):
-        try:
-            quant_pre_process(str(source.path), str(preprocessed), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference fails on some graphs; the optimizer alone still helps
-            quant_pre_process(str(source.path), str(preprocessed), skip_symbolic_shape=True)
-    for leftover in target.parent.glob("sym_shape_infer_temp*"):
-        leftover.unlink()
-    for leftover in target.parent.glob("*.data"):
-        leftover.unlink()
-
-    class SamplesReader(CalibrationDataReader):
-        def __init__(self, samples: list[dict[str, np.ndarray]]):
-            self._samples = samples
-            self._iter = iter(samples)
-
-        def get_next(self):
-            return next(self._iter, None)
-
-        def rewind(self):
-            self._iter = iter(self._samples)
-
-    reader = SamplesReader(calibration.samples)
-    quantize_static(str(preprocessed), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, calibration_method), reduce_range=reduce_range)
-    preprocessed.unlink(missing_ok=True)
-    for leftover in target.parent.glob("*augmented*"):
-        leftover.unlink()
-    metadata = {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": activation_type,
-                "weight_type": "QInt8", "reduce_range": reduce_range, "calibration_method": calibration_method, **calibration.describe()}
+    target, metadata = to_int8(spec, source, target, precision=precision, **options)
     metadata.update(_check(target))
-    _stamp_precision(target, "int8")
-    return _artifact(target, "int8", metadata)
+    _stamp_precision(target, precision)
+    return _artifact(target, precision, metadata)
 
 
 # ---- reading -----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ Precisions:
   bf16  the fp32 IR: bf16 is an execution mode (the runtime's precision hint), not a weight format.
   int8  NNCF post-training quantization (FakeQuantize ops, int8 weights) calibrated on the shared
         samples of ``calibration.calibration_inputs``.
+  int8ac  accuracy-aware int8: the same, then NNCF's accuracy control keeps the layers that break the
+        int8 tolerance in floating point (``openvino_accuracy``); ``ops_in_fp32`` names them.
 The artifact's precision is also written into the IR's rt_info, so ``read_artifact`` knows it.
 """
 
@@ -15,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..spec import Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
+from ..spec import INT8_PRECISIONS, Artifact, DeployBenchError, ModelSpec, PrecisionNotSupported, TensorSpec
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8ac")
 RT_INFO_PRECISION = ["deploybench", "precision"]
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32",
               "i8": "int8", "u8": "uint8", "boolean": "bool"}
@@ -30,7 +32,8 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, **options: Any) -> A
     """Write ``model.xml``/``model.bin`` of ``spec`` in ``precision`` into ``out_dir``; return the ``Artifact``.
 
     Options for int8: ``calibration_size`` (default 64), ``seed``, ``preset`` ("performance" or
-    "mixed"), ``model_type`` ("transformer" for attention models), ``subset_size``.
+    "mixed"), ``model_type`` ("transformer" for attention models), ``subset_size``; for int8ac also
+    ``accuracy_criteria`` (default: the int8 tolerance), ``accuracy_margin``, ``validation_size``.
     """
     import openvino as ov
 
@@ -40,11 +43,11 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str, **options: Any) -> A
         model, metadata = _cached_fp32_model(spec, Path(out_dir))
     else:
         model, metadata = _source_model(spec)
-    if precision == "int8":
-        model = _quantize(spec, model, metadata, **options)
+    if precision in INT8_PRECISIONS:
+        model = _quantize(spec, model, metadata, accuracy_aware=precision == "int8ac", **options)
     compress = precision == "fp16"
     metadata.update({"compress_to_fp16": compress, "weights": "fp16" if compress else (
-        "int8" if precision == "int8" else "fp32")})
+        "int8" if precision in INT8_PRECISIONS else "fp32")})
     if precision in ("fp16", "bf16"):
         metadata["note"] = f"{precision} runs through the engine's INFERENCE_PRECISION_HINT"
     model.set_rt_info(precision, RT_INFO_PRECISION)
@@ -103,13 +106,20 @@ def _source_model(spec: ModelSpec):
 
 def _quantize(spec: ModelSpec, model, metadata: dict[str, Any], calibration_size: int = DEFAULT_SAMPLES,
               seed: int = 0, preset: str = "performance", model_type: str | None = None,
-              subset_size: int | None = None, **_: Any):
+              subset_size: int | None = None, accuracy_aware: bool = False, **options: Any):
     import nncf
 
     if _stamped_precision(model) not in (None, "fp32"):
         raise DeployBenchError(f"model {spec.name!r} is already {_stamped_precision(model)}; int8 quantization "
                                "starts from an fp32 model")
     calibration = calibration_inputs(spec, calibration_size, seed=seed)
+    if accuracy_aware:
+        from .openvino_accuracy import quantize_with_accuracy_control
+
+        quantized, notes = quantize_with_accuracy_control(spec, model, calibration, preset=preset,
+                                                          model_type=model_type, subset_size=subset_size, **options)
+        metadata.update(notes)
+        return quantized
     names = [port.get_any_name() for port in model.inputs]
     dataset = nncf.Dataset(calibration.samples, lambda sample: {n: sample[n] for n in names})
     quantized = nncf.quantize(

@@ -249,3 +249,13 @@ class InferenceEngine(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.artifact.format}:{self.artifact.path.name} {self.precision}>"
+
+
+def kept_in_float(artifact: Artifact, quantized: str) -> str:
+    """What an accuracy-aware int8 (``int8ac``) artifact runs: ``quantized``, except the ops its converter kept
+    in floating point to hold the int8 tolerance (``metadata["ops_in_fp32"]``), named."""
+    kept = list(artifact.metadata.get("ops_in_fp32") or [])
+    if not kept:
+        return f"{quantized}: accuracy-aware, no op needed to stay in fp32"
+    shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
+    return f"{quantized}; {len(kept)} op(s) kept in fp32 to hold the int8 tolerance: {shown}"

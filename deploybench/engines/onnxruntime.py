@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import DeployBenchError
-from .base import InferenceEngine
+from .base import InferenceEngine, kept_in_float
 from .requests import RequestPool, ThreadRequestPool
 
 PROVIDERS = ("CPUExecutionProvider",)
@@ -29,7 +29,7 @@ class OnnxRuntimeEngine(InferenceEngine):
 
     backend = "onnxruntime"
     formats = ("onnx",)
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8ac")
     requires = "onnxruntime"
     compiles_for_shapes = True
 
@@ -85,6 +85,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         elif self.precision == "int8":
             self.runtime_notes["precision_ran"] = ("int8 QDQ: quantized ops run int8 kernels, ops without one "
                                                    "run fp32 between DequantizeLinear/QuantizeLinear")
+        elif self.precision == "int8ac":
+            self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, "int8 QDQ")
 
     def _fixed_axes(self) -> dict[str, int]:
         """{dim_param: size} of the dynamic axes ``static_dims`` fixes."""

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import DeployBenchError, PrecisionNotSupported
-from .base import InferenceEngine
+from ..spec import INT8_PRECISIONS, DeployBenchError, PrecisionNotSupported
+from .base import InferenceEngine, kept_in_float
 from .requests import RequestPool, ThreadRequestPool
 
 # Engine precision -> INFERENCE_PRECISION_HINT. int8 runs the quantized ops in int8 and what NNCF
 # left unquantized in f32: correct, and on this class of CPU as fast as the bf16 alternative.
-PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8ac": "f32"}
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
@@ -35,14 +35,14 @@ class OpenVINOEngine(InferenceEngine):
 
     backend = "openvino"
     formats = ("openvino", "onnx")
-    precisions = ("fp32", "fp16", "bf16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8", "int8ac")
     requires = "openvino"
     compiles_for_shapes = True
     throughput_options = {"performance_hint": "THROUGHPUT"}
 
     def __init__(self, artifact, precision=None, threads=None, **options: Any):
         super().__init__(artifact, precision=precision, threads=threads, **options)
-        quantized = {artifact.precision, self.precision} & {"int8"}
+        quantized = {artifact.precision, self.precision} & set(INT8_PRECISIONS)
         if quantized and artifact.precision != self.precision:
             raise DeployBenchError(
                 f"{artifact.path.name} is a {artifact.precision} model and OpenVINO cannot run it as {self.precision}: "
@@ -101,6 +101,8 @@ class OpenVINOEngine(InferenceEngine):
         if self.precision == "int8":
             self.runtime_notes["precision_ran"] = (f"int8 where NNCF placed FakeQuantize; the other ops in {ran} "
                                                    "(INFERENCE_PRECISION_HINT)")
+        elif self.precision == "int8ac":
+            self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}")
         if ran != asked:
             message = (f"openvino on this {device} ran {path.name} in {ran}, not the {asked} asked for "
                        f"{self.precision}: this CPU has no {asked} support")

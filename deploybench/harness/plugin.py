@@ -41,7 +41,7 @@ def pytest_addoption(parser):
     group.addoption("--models", default=None,
                     help="comma-separated models: zoo names, file.py:factory[@1x3x64x64], .onnx/.tflite/.xml files")
     group.addoption("--backends", default=None, help="comma-separated backends (default from [tool.deploybench])")
-    group.addoption("--precisions", default=None, help="comma-separated precisions: fp32, fp16, bf16, int8")
+    group.addoption("--precisions", default=None, help="comma-separated precisions: fp32, fp16, bf16, int8, int8ac")
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based; sizes differ by one at most)")
     group.addoption("--deploybench-json", default=None, metavar="PATH",
                     help="write the session's matrix in the `deploybench run` JSON schema")

@@ -28,7 +28,12 @@ class ShapeNotSupported(NotSupported):
 
 # The built-in formats and backends are registered in ``converters.CONVERTERS`` and ``engines.ENGINES``;
 # which backend runs which format is said only by each engine class (``InferenceEngine.formats``).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# ``int8ac`` is accuracy-aware int8: int8 with the layers that break the int8 tolerance kept in floating
+# point (NNCF's accuracy control on OpenVINO, a sensitivity pass on ONNX Runtime). No dash in the name:
+# cell ids are dash-separated.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8ac")
+# Precisions whose artifact is quantized to int8 (calibrated on ``converters.calibration`` samples).
+INT8_PRECISIONS = ("int8", "int8ac")
 
 STATUS_OK, STATUS_SKIPPED, STATUS_FAILED, STATUS_TIMEOUT = "ok", "skipped", "failed", "timeout"
 

@@ -159,8 +159,11 @@ class RunSettings:
 
     def tolerance_overrides(self, precision: str, model_tolerances: Mapping[str, Mapping[str, float]]
                             ) -> dict[str, float]:
-        """The criteria that override the defaults for ``precision``: the model's own, then this run's."""
-        return {**model_tolerances.get(precision, {}), **self.tolerances.get(precision, {})}
+        """The criteria that override the defaults for ``precision``: the model's own, then this run's (an
+        ``int8ac`` cell takes the int8 ones too: it is judged as int8)."""
+        from deploybench.spec.tolerances import precision_overrides
+
+        return precision_overrides(precision, model_tolerances, self.tolerances)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,7 +20,7 @@ from typing import Any
 
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.resolve import ModelSource
-from deploybench.spec import (OFFLINE, SINGLE_STREAM, STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
+from deploybench.spec import (INT8_PRECISIONS, OFFLINE, SINGLE_STREAM, STATIC, STATUS_FAILED, STATUS_SKIPPED, Artifact, Cell, DeployBenchError, ModelSpec,
                               NotSupported, PrecisionNotSupported, Result, ShapeNotSupported, ToleranceCheck)
 
 # What a cell can be asked to measure; the pytest plugin asks only for what its selected tests need.
@@ -92,16 +92,23 @@ def check_availability(cell: Cell) -> str:
 
 def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
     """The cell's artifact, from the conversion cache when it is there (a torch cell: the model itself); an
-    int8 cell calibrated on ``settings.calibration_data`` when given."""
+    int8 cell calibrated on ``settings.calibration_data`` when given; an int8ac artifact holding the very
+    criteria the cell is judged by (the run's tolerance overrides included)."""
     from deploybench.converters import deploy_model, torch_artifact
 
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
-    if cell.precision == "int8" and settings.calibration_data and not spec.calibration_source:
+    if cell.precision in INT8_PRECISIONS and settings.calibration_data and not spec.calibration_source:
         from deploybench.converters.calibration import use_calibration_file
 
         use_calibration_file(spec, settings.calibration_data)
-    return deploy_model(spec, cell.format, output_dir=settings.cache_dir, precision=cell.precision)
+    options = {}
+    if cell.precision == "int8ac":
+        from deploybench.converters.accuracy_control import int8_criteria
+
+        options["accuracy_criteria"] = int8_criteria(spec, settings.tolerance_overrides(cell.precision,
+                                                                                         spec.tolerances))
+    return deploy_model(spec, cell.format, output_dir=settings.cache_dir, precision=cell.precision, **options)
 
 
 def run_dims(spec: ModelSpec, settings: RunSettings) -> dict[str, int]:

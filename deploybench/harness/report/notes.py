@@ -68,6 +68,12 @@ def cell_notes(result: Result) -> list[CellNote]:
         notes.append(CellNote(PRECISION, f"{result.cell.precision} calibration used {source}: give "
                                          "--calibration-data FILE.npz (or the model calibration_data) for a "
                                          "representative accuracy"))
+    kept = (result.extra.get("artifact") or {}).get("ops_in_fp32")
+    if result.cell.precision == "int8ac" and isinstance(kept, list):
+        shown = ", ".join(map(str, kept[:8])) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+        notes.append(CellNote(PRECISION, f"int8ac kept {len(kept)} op(s) in fp32 to hold the int8 tolerance: {shown}"
+                              if kept else "int8ac kept no op in fp32: plain int8 held the int8 tolerance on the "
+                                           "validation samples"))
     if result.ok and not result.passes_accuracy:
         notes.append(CellNote(STATUS, f"accuracy fails: {result.tolerance.message}"))
     failed_static = (result.extra.get("runtime_notes") or {}).get("static_compile_failed")
