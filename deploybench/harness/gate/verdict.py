@@ -28,7 +28,7 @@ SEVERITY = (REGRESSION, INCONCLUSIVE, IMPROVEMENT, UNCHANGED)
 
 DEFAULT_MEMORY_THRESHOLD = 0.10
 # Absolute drop of the accuracy figure (metric, top-1 agreement, cosine) allowed per precision.
-DEFAULT_ACCURACY_THRESHOLDS = {"fp32": 0.001, "fp16": 0.005, "bf16": 0.01, "int8": 0.01}
+DEFAULT_ACCURACY_THRESHOLDS = {"fp32": 0.001, "fp16": 0.005, "bf16": 0.01, "int8": 0.01, "int8ac": 0.01}
 
 
 @dataclass

@@ -20,7 +20,7 @@ BACKEND_COLORS = {
     "coreml": "#2a9d8f", "tensorrt": "#76b900",
 }
 _FALLBACK_COLOR = "#666666"
-_PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "^", "int8": "D"}
+_PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "^", "int8": "D", "int8ac": "P"}
 _LOG_SPAN = 20.0  # latencies spanning more than this factor get a log axis
 # Errors against the reference below the fp32 tolerance are float rounding (reordered sums): plotted
 # on a log axis, 1e-8 against 1e-6 would look like a real difference.
