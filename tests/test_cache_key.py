@@ -48,3 +48,29 @@ def test_a_plain_attribute_changes_the_key(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert _fingerprint(tmp_path / "a", "net") != _fingerprint(tmp_path / "b", "net", scale="2.0")
+
+
+def test_a_changed_converter_makes_a_new_key(small_cnn_spec, monkeypatch):
+    """Code of deploybench's own converters is part of the key: an upgrade never reuses what the old code made."""
+    from deploybench.converters import cache
+
+    before = cache.conversion_key(small_cnn_spec, "onnx", "int8", {})
+    assert cache.conversion_key(small_cnn_spec, "onnx", "int8", {}) == before
+    monkeypatch.setattr(cache, "_converter_digest", "another converter")
+    assert cache.conversion_key(small_cnn_spec, "onnx", "int8", {}) != before
+
+
+def test_random_calibration_never_holds_an_input_a_cell_is_judged_on(small_cnn_spec, tmp_path):
+    """A model without calibration data is calibrated on seeded noise; none of it may be the run's seed-0
+    input or the agreement samples, or the int8 ranges would be fitted to the very inputs judged."""
+    import numpy as np
+
+    from deploybench.converters.calibration import SOURCE_RANDOM, calibration_inputs
+    from deploybench.harness.measure.accuracy import AGREEMENT_SAMPLES, AGREEMENT_SEED
+
+    calibration = calibration_inputs(small_cnn_spec, n=64, seed=0, cache_dir=tmp_path)
+    assert calibration.source == SOURCE_RANDOM
+    judged = [small_cnn_spec.make_inputs(seed=s) for s in (0, *range(AGREEMENT_SEED, AGREEMENT_SEED + AGREEMENT_SAMPLES))]
+    for sample in calibration.samples:
+        for inputs in judged:
+            assert not all(np.array_equal(sample[name], inputs[name]) for name in inputs)

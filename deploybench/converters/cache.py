@@ -141,9 +141,25 @@ def _code_bytes(code: Any) -> bytes:
     return code.co_code + consts + repr(code.co_names).encode()
 
 
+_converter_digest: str | None = None
+
+
+def converter_code_digest() -> str:
+    """A digest of deploybench's own converter sources: a changed converter (an upgrade, a fix) makes new
+    artifacts instead of reusing what the old code made under the same model and tool versions."""
+    global _converter_digest
+    if _converter_digest is None:
+        digest = hashlib.sha256()
+        for source in sorted(Path(__file__).parent.glob("*.py")):
+            digest.update(source.name.encode() + source.read_bytes())
+        _converter_digest = digest.hexdigest()[:16]
+    return _converter_digest
+
+
 def conversion_key(spec: ModelSpec, fmt: str, precision: str, options: dict[str, Any]) -> str:
     payload = {
-        "cache": CACHE_FORMAT_VERSION, "model": model_fingerprint(spec), "format": fmt, "precision": precision,
+        "cache": CACHE_FORMAT_VERSION, "converters": converter_code_digest(),
+        "model": model_fingerprint(spec), "format": fmt, "precision": precision,
         "options": {k: repr(v) for k, v in sorted(options.items())}, "tools": tool_versions(fmt),
     }
     if precision in INT8_PRECISIONS and spec.calibration_source:  # a user's calibration file: another artifact

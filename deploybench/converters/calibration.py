@@ -25,6 +25,9 @@ from .cache import default_cache_dir, model_fingerprint
 DEFAULT_SAMPLES = 64
 SOURCE_REAL = "real (model calibration data)"
 SOURCE_RANDOM = "random (model has no calibration data)"
+# Random calibration inputs are drawn from seeds far from those a cell is judged on (the run's seed,
+# 0 by default, and the agreement samples' 1000 onwards), so no judged input shaped the int8 ranges.
+RANDOM_CALIBRATION_SEED = 50_000
 
 
 @dataclass
@@ -50,7 +53,7 @@ def calibration_inputs(spec: ModelSpec, n: int = DEFAULT_SAMPLES, seed: int = 0,
     """Up to ``n`` calibration samples for ``spec`` as a ``Calibration(samples, source)``.
 
     Real data from ``spec.calibration_data(n)`` when the model has it, else ``n`` seeded random
-    inputs (``spec.make_inputs(seed + i)``). Cached under ``cache_dir`` (default: the conversion
+    inputs (``spec.make_inputs(RANDOM_CALIBRATION_SEED + seed + i)``). Cached under ``cache_dir`` (default: the conversion
     cache) so every int8 converter of the same model sees the same samples.
     """
     if n < 1:
@@ -75,7 +78,7 @@ def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
                                            f"it must return dicts with {sorted(names)}")
             source = f"real ({spec.calibration_source})" if spec.calibration_source else SOURCE_REAL
             return Calibration([{k: np.asarray(v) for k, v in s.items()} for s in samples], source, seed)
-    samples = [spec.make_inputs(seed=seed + i) for i in range(n)]
+    samples = [spec.make_inputs(seed=RANDOM_CALIBRATION_SEED + seed + i) for i in range(n)]
     return Calibration(samples, SOURCE_RANDOM, seed)
 
 
@@ -106,7 +109,8 @@ def use_calibration_file(spec: ModelSpec, path: str | Path) -> None:
 
 def _cache_path(spec: ModelSpec, n: int, seed: int, cache_dir: str | Path | None) -> Path:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed, spec.calibration_source]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed, spec.calibration_source,
+                                     RANDOM_CALIBRATION_SEED]).encode()).hexdigest()[:16]
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
     return root / "calibration" / f"{safe_name}-n{n}-s{seed}-{key}.npz"
 
