@@ -262,8 +262,8 @@ def test_a_target_without_deploybench_is_told_what_to_install(server, client_hom
                                 backends=("onnxruntime", "tflite")), timeout=20)
     assert probe.status == "ok", probe.error
     assert [b.version for b in probe.backends] == [None, None]
-    assert probe.hints[0] == (f"pi: to run onnxruntime, tflite there: {python} -m pip install onnxruntime ai-edge-litert"
-                              "   (deploybench installs nothing there)")
+    assert probe.hints[0] == f"pi: to run onnxruntime, tflite there, run on it: {python} -m pip install onnxruntime " \
+                             "ai-edge-litert"
     assert "deploybench is not installed" in probe.hints[1]
     assert not any(p.name.startswith(("onnxruntime", "ai_edge")) for p in (bare / "lib").rglob("*"))
 

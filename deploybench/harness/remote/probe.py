@@ -70,7 +70,7 @@ class Probe:
             return "-"
         parts = [facts.get("cpu"), facts.get("arch"), f"{facts.get('cores')} cores",
                  f"{facts['memory_gib']} GiB" if facts.get("memory_gib") else None,
-                 f"{facts['os']['name']} ({facts['os']['system']} {facts['os']['release']})",
+                 facts["os"]["name"],
                  facts.get("accelerator")]
         return ", ".join(str(p) for p in parts if p)
 
@@ -137,19 +137,17 @@ def _backends_on(facts: dict[str, Any], modules: dict[str, str]) -> list[Backend
     return backends
 
 
-def _install_name(module: str) -> str:
-    return "tensorrt (on a Jetson it comes with JetPack)" if module == "tensorrt" else module.replace("_", "-")
-
-
 def _hints(probe: Probe) -> list[str]:
     """What the user could do, as exact commands; nothing is run or installed on their device."""
     target, facts, hints = probe.target, probe.facts, []
     name, python = target.name, target.python
     wanted = [b for b in probe.backends if b.version is None] if target.backends else \
         ([] if any(b.usable for b in probe.backends) else [b for b in probe.backends if b.module == "onnxruntime"])
-    if wanted:
-        hints.append(f"{name}: to run {', '.join(b.backend for b in wanted)} there: {python} -m pip install "
-                     f"{' '.join(_install_name(b.module) for b in wanted)}   (deploybench installs nothing there)")
+    if wanted:  # pip takes the module names as distribution names (ai_edge_litert is ai-edge-litert)
+        hints.append(f"{name}: to run {', '.join(b.backend for b in wanted)} there, run on it: {python} -m pip "
+                     f"install {' '.join(b.module.replace('_', '-') for b in wanted)}"
+                     + (" (on a Jetson, TensorRT comes with JetPack instead)" if any(b.backend == "tensorrt"
+                                                                                    for b in wanted) else ""))
     if not facts["modules"].get("deploybench", {}).get("found"):
         hints.append(f"{name}: deploybench is not installed in `{python}` there; this probe does not need it, "
                      "running cells there (the next step of remote targets) will")
