@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ SERVER = Path(__file__).with_name("ssh_server.py")
 def _key(path: Path):
     key = asyncssh.generate_private_key("ssh-ed25519")
     key.write_private_key(str(path))
+    path.chmod(0o600)  # as ssh-keygen leaves it; ssh-add refuses a key others can read
     key.write_public_key(str(path) + ".pub")
     return key
 
@@ -102,6 +104,23 @@ def test_run_returns_exit_status_stdout_stderr_and_feeds_stdin(server, client_ho
         done = transport.run("cat; echo to-err >&2; exit 3", input=b"hello device")
         assert (done.exit_status, done.stdout, done.stderr) == (3, b"hello device", b"to-err\n")
         assert transport.run("pwd").stdout.decode().strip() == str(server.home)
+
+
+def test_a_command_that_ends_before_its_input_is_sent_keeps_its_exit_status(server, client_home, monkeypatch):
+    """On a loaded machine the device can run `missing-python -` to its end before the script is written:
+    that is exit 127, not a lost connection (found when the suite shared 2 cores with test_package)."""
+    import asyncio
+
+    opened = asyncssh.SSHClientConnection.create_process
+
+    async def slow_to_write(self, *args, **kwargs):
+        process = await opened(self, *args, **kwargs)
+        await asyncio.sleep(0.5)  # the command ends and its channel closes meanwhile
+        return process
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "create_process", slow_to_write)
+    with SshTransport(target(server), timeout=10) as transport:
+        assert transport.run("exit 3", input=b"print('never read')").exit_status == 3
 
 
 def test_put_and_get_copy_files_whole(server, client_home, tmp_path):
@@ -179,6 +198,7 @@ def test_the_server_stopping_mid_command_is_one_line_and_no_hang(keys, client_ho
             assert time.monotonic() - start < 5
             assert worker_like.wait(timeout=5) == CONNECTION_LOST
             assert worker_like.stdout.read() == b""  # end of file, not a hang
+            doomed.process.wait(timeout=10)  # gone for good (its socket too), as a device that is off
             with pytest.raises(ConnectError, match="refused the connection"):
                 transport.run("echo again")  # it tries again (a rebooted device) and says why not
     finally:
@@ -270,9 +290,39 @@ def test_a_target_without_deploybench_is_told_what_to_install(server, client_hom
 
 def test_a_missing_remote_python_is_one_line(server, client_home):
     probe = probe_target(target(server, python="/opt/nowhere/python3"), timeout=10)
-    assert probe.status == "no python"
+    assert probe.status == "no python", probe.error
     assert probe.error.startswith("target box: no `/opt/nowhere/python3` on the device (")
     assert probe.error.endswith('set python = "/path/to/python3" for the target')
+
+
+@pytest.mark.skipif(not shutil.which("ssh-agent"), reason="needs OpenSSH's ssh-agent and ssh-add")
+def test_a_key_held_only_by_the_users_agent_is_used(server, client_home, keys, tmp_path, monkeypatch):
+    (client_home / ".ssh" / "id_ed25519").unlink()  # no key file: only the agent has it
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+        subprocess.run(["ssh-add", str(keys["root"] / "user_key")], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        with SshTransport(target(server), timeout=10) as transport:
+            assert transport.run("echo via agent").stdout == b"via agent\n"
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        assert "refused the keys of your ssh agent" in _connect_error(target(server))
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_a_probe_that_hangs_is_a_failed_row_at_the_timeout(server, client_home):
+    start = time.monotonic()
+    probe = probe_target(target(server, python="sleep 30; python3"), timeout=2)
+    assert time.monotonic() - start < 6
+    assert probe.status == "failed"
+    assert probe.error == "target box: `sleep 30; python3 -` did not finish within 2 s and was killed there; " \
+                          "raise --timeout for a slow device"
 
 
 def test_targets_command_probes_a_config_alias_and_exits_by_the_worst(server, client_home, tmp_path, monkeypatch,

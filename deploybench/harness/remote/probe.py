@@ -8,14 +8,13 @@ exact command that would install it, for the user to run.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploybench.harness.remote._probe_script import MARKER
 from deploybench.harness.remote.targets import Target
-from deploybench.harness.remote.transport import ConnectError, TransportError, open_transport
+from deploybench.harness.remote.transport import TransportError, open_transport
 
 SCRIPT = Path(__file__).with_name("_probe_script.py")
 # A module deploybench does not run but which a device may have instead of one it does.
@@ -89,16 +88,15 @@ def probe_target(target: Target, timeout: float) -> Probe:
     modules = _backend_modules(target)
     request = {"modules": sorted({*modules.values(), *ALTERNATIVES.values(), "deploybench", "numpy"}),
                "workdir": target.workdir, "alarm_s": timeout}
-    command = f"{target.python} - {shlex.quote(json.dumps(request))}"
+    # the request is written into the script, so the command (and any error naming it) stays `python3 -`
+    script = SCRIPT.read_text().replace('REQUEST = "{}"', f"REQUEST = {json.dumps(request)!r}", 1)
     with open_transport(target, timeout) as transport:
         try:
             transport.connect()
-        except ConnectError as exc:
-            return Probe(target, "unreachable", str(exc))
-        except TransportError as exc:
+        except TransportError as exc:  # ConnectError, or no answer at all
             return Probe(target, "unreachable", str(exc))
         try:
-            done = transport.run(command, input=SCRIPT.read_bytes(), timeout=timeout)
+            done = transport.run(f"{target.python} -", input=script.encode(), timeout=timeout)
         except TransportError as exc:
             return Probe(target, "failed", str(exc))
     stderr = done.stderr.decode(errors="replace").strip().splitlines()
@@ -110,7 +108,10 @@ def probe_target(target: Target, timeout: float) -> Probe:
     if done.exit_status != 0 or not lines:
         return Probe(target, "failed", f"target {target.name}: the probe failed under `{target.python}` (exit "
                                        f"{done.exit_status}): {last}")
-    facts = json.loads(lines[-1][len(MARKER):])
+    try:
+        facts = json.loads(lines[-1][len(MARKER):])
+    except ValueError as exc:  # a line cut short (the device ran out of something mid-print)
+        return Probe(target, "failed", f"target {target.name}: the probe's answer could not be read ({exc})")
     probe = Probe(target, "ok", facts=facts)
     probe.backends = _backends_on(facts, modules)
     probe.hints = _hints(probe)

@@ -165,9 +165,12 @@ class SshTransport(Transport):
         process = None
         try:
             process = await asyncio.wait_for(conn.create_process(command, encoding=None), timeout)
-            if input:
-                process.stdin.write(input)
-            process.stdin.write_eof()
+            try:
+                if input:
+                    process.stdin.write(input)
+                process.stdin.write_eof()
+            except OSError:  # it ended before reading its input (a missing python: exit 127); wait() says how
+                pass
             done = await process.wait(timeout=timeout)
         except asyncssh.TimeoutError:
             self._kill(process)
