@@ -344,3 +344,76 @@ def test_targets_command_probes_a_config_alias_and_exits_by_the_worst(server, cl
     assert main(["targets", "--timeout", "5"]) == 1  # one unreachable target: exit 1, one line for it
     out = capsys.readouterr().out
     assert "target gone: 127.0.0.1:1 refused the connection" in out and "Traceback" not in out
+
+
+# ---- the same transport against OpenSSH's sshd, where it is installed (not in CI) ----------------------------
+SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd",) if os.access(p, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def openssh(keys, tmp_path_factory):
+    """OpenSSH's sshd on a free port with the test's host key and authorized key; sessions log in as this
+    user, so the tests below use absolute paths under their own temporary folders."""
+    if SSHD is None:
+        pytest.skip("OpenSSH's sshd is not installed (apt-get install openssh-server); asyncssh's server covers it")
+    root = tmp_path_factory.mktemp("sshd")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys['root'] / 'host_key'}\n"
+        f"AuthorizedKeysFile {keys['root'] / 'authorized_keys'}\nPidFile none\nUsePAM no\nStrictModes no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
+    daemon = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE,
+                              start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and daemon.poll() is None:
+        with socket.socket() as knock:
+            if knock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    if daemon.poll() is not None:
+        pytest.skip(f"sshd would not start here: {daemon.stderr.read().decode().strip().splitlines()[:1]}")
+    yield port
+    os.killpg(daemon.pid, 9)
+    daemon.wait()
+
+
+def test_openssh_sshd_serves_the_same_transport_and_probe(openssh, keys, client_home, tmp_path):
+    host_key = keys["host"].export_public_key().decode().strip()
+    known_hosts = client_home / ".ssh" / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{openssh} {host_key}\n")
+    device = Target(name="openssh", host="127.0.0.1", port=openssh, python=sys.executable)
+    (tmp_path / "echo.py").write_text(ECHO_FRAMES)
+    payload = os.urandom(200_000)
+    (tmp_path / "artifact.bin").write_bytes(payload)
+    with SshTransport(device, timeout=10) as transport:
+        done = transport.run("cat; echo to-err >&2; exit 3", input=b"hello sshd")
+        assert (done.exit_status, done.stdout, done.stderr) == (3, b"hello sshd", b"to-err\n")
+        transport.put(tmp_path / "artifact.bin", str(tmp_path / "there" / "artifact.bin"))
+        assert (tmp_path / "there" / "artifact.bin").read_bytes() == payload
+        assert [p.name for p in (tmp_path / "there").iterdir()] == ["artifact.bin"]
+        transport.get(str(tmp_path / "there" / "artifact.bin"), tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == payload
+        process = transport.start(f"{sys.executable} {tmp_path / 'echo.py'}")
+        send_frame(process.stdin, ("cell", 7))
+        assert FrameReader(process.stdout.fileno()).read(time.monotonic() + 10) == ("echo", ("cell", 7))
+        process.stdin.close()
+        assert process.wait(timeout=10) == 0
+        start = time.monotonic()
+        with pytest.raises(TransportError, match="did not finish within 1 s"):
+            transport.run("sleep 5", timeout=1)  # (sshd refuses the KILL for a root login: sleep 5 ends itself)
+        assert time.monotonic() - start < 4
+    probe = probe_target(device, timeout=20)
+    assert probe.status == "ok", probe.error
+    assert probe.facts["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert {b.backend: b.version for b in probe.backends}["onnxruntime"] == version("onnxruntime")
+
+    if shutil.which("ssh-keyscan") is None:
+        return
+    known_hosts.write_text("")  # the refusal's own advice, followed literally, is what lets it in
+    advice = _connect_error(device)
+    command = advice[advice.index("ssh-keyscan"):advice.index(" (a changed key")]
+    subprocess.run(command.replace("~", str(client_home)), shell=True, check=True, capture_output=True, timeout=30)
+    with SshTransport(device, timeout=10) as transport:
+        assert transport.run("echo trusted now").stdout == b"trusted now\n"

@@ -187,8 +187,10 @@ class SshTransport(Transport):
 
     @staticmethod
     def _kill(process) -> None:
-        """KILL the remote command and close its channel (a server that ignores signal requests still
-        closes the command's pipes, and the command ends at its next read or write)."""
+        """Ask for KILL and close the channel. Best effort: OpenSSH refuses signal requests for a root
+        login (and before 7.9 for everyone); the command then ends at its next read or write on its
+        closed pipes, not before. So what runs there must bound itself too: the probe sets an alarm,
+        a worker ends at the end of its stdin."""
         if process is None:
             return
         with contextlib.suppress(Exception):
@@ -286,19 +288,27 @@ class SshTransport(Transport):
             return
         for process in self._processes:
             process.kill()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._call(self._close_session(), self.timeout)
+            for pipe in (process.stdin, process.stdout):  # this side's ends; asyncssh owns the others
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        with contextlib.suppress(Exception):
+            self._call(self._close_session(), self.timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(LOOP_MARGIN_S)
         if not self._thread.is_alive():
             self._loop.close()
 
     async def _close_session(self) -> None:
+        """Close the connection, then end what asyncssh still has running, so no task dies with the loop."""
         conn, self._conn = self._conn, None
-        conn.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(conn.wait_closed(), self.timeout)
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(conn.wait_closed(), self.timeout)
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _sftp_path(remote: str) -> str:
@@ -315,8 +325,9 @@ class SshProcess:
 
     @property
     def returncode(self) -> int | None:
-        """The exit status, -signal, ``CONNECTION_LOST`` (255) if the channel closed without either,
-        or None while it runs."""
+        """The exit status, -signal, ``CONNECTION_LOST`` (255) if the channel closed without either (the
+        connection dropped, or ``kill`` closed it and the server did not report a signal), or None while
+        it runs."""
         code = self._process.returncode
         if code is None and self._process.channel.is_closing():
             return CONNECTION_LOST
