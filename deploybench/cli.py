@@ -33,6 +33,8 @@ LAZY_COMMANDS = {
                "write a Markdown or HTML report (with plots) of a results file"),
     "merge": ("deploybench.harness.results.merge", "add_merge_arguments", "merge_command",
               "merge the results files of several shards or machines into one"),
+    "targets": ("deploybench.harness.remote.command", "add_targets_arguments", "targets_command",
+                "list the remote targets (ssh://) and probe each: reachable, Python, runtimes, CPU and memory"),
 }
 
 RUN_EPILOG = """\
