@@ -1,4 +1,5 @@
-"""``deploybench``: run the matrix, list models and backends, and (wired lazily) gate, history, report, merge.
+"""``deploybench``: run the matrix, list models and backends, and (wired lazily) gate, history, report, merge,
+targets.
 
 Every error a user can cause is printed as one line ``deploybench: error: ...`` on stderr with
 exit code 2, never a traceback.
