@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.recommend.budgets import Budgets
-from deploybench.harness.recommend.decide import Broken, broken_budgets, choose, closeness, dominates, objectives
+from deploybench.harness.recommend.decide import (Broken, broken_budgets, choose, closeness, dominates, objectives,
+                                                  rank_value)
 from deploybench.harness.recommend.figures import CellFigures, cell_figures, group_key, group_name
 from deploybench.harness.recommend.held_out import HeldOut, confirm_held_out
 from deploybench.spec import DYNAMIC, SERVER, SINGLE_STREAM, DeployBenchError, Result
 
 # How many rejected cells a "nothing fits" answer names as the closest.
 CLOSEST = 3
+# A runner-up closer than this to the recommended cell by the ranking figure is too close to call from one
+# run: two runs of the same cell differ by more on a shared machine (README, "CI gating").
+TOO_CLOSE = 0.05
 
 
 @dataclass
@@ -70,6 +74,29 @@ class ModelRecommendation:
     @property
     def closest(self) -> list[Rejection]:
         return self.rejected[:CLOSEST]
+
+    def caveats(self, budgets: Budgets) -> list[str]:
+        """What should make a reader re-measure before shipping: a recommended cell whose timing the time cap
+        cut short, or a runner-up too close to call."""
+        if self.recommended is None:
+            return []
+        from deploybench.harness.report.table import is_unstable
+
+        notes = []
+        chosen = self.recommended
+        if is_unstable(chosen.result):
+            notes.append(f"{chosen.cell_id}'s timing is unstable (the time cap came before its median was pinned "
+                         "down): re-measure it on a quieter machine before trusting the ranking")
+        others = [f for f in [*self.front[1:], *(d.figures for d in self.dominated)]
+                  if rank_value(f, budgets) is not None]
+        best = rank_value(chosen, budgets)
+        if others and best:
+            runner_up = min(others, key=lambda f: rank_value(f, budgets))
+            gap = abs(rank_value(runner_up, budgets) - best) / abs(best)
+            if gap < TOO_CLOSE:
+                notes.append(f"{runner_up.cell_id} is within {gap:.1%} of it by {budgets.rank_by}: closer than "
+                             "run-to-run drift, either may be the faster (`deploybench compare` settles it)")
+        return notes
 
 
 @dataclass

@@ -8,19 +8,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from deploybench.harness.recommend.budgets import percent
+from deploybench.harness.recommend.budgets import Budgets, percent
 from deploybench.harness.recommend.decide import Broken
 from deploybench.harness.recommend.figures import CellFigures
 from deploybench.harness.recommend.recommendation import ModelRecommendation, Recommendation, Rejection
 from deploybench.harness.report.html import RECOMMENDED_MARK
-from deploybench.harness.report.table import machine_line, number
+from deploybench.harness.report.table import UNSTABLE_MARK, is_unstable, machine_line, number
 
 SCHEMA = "deploybench.recommendation/1"
 FRONT_HEADERS = ("", "format", "backend", "precision", "variant", "median ms", "p99 ms", "ips", "accuracy drop",
                  "peak MB", "size MB", "held-out")
 REJECTED_HEADERS = ("cell", "median ms", "p99 ms", "accuracy drop", "peak MB", "size MB", "broke")
 LEGEND = (f"{RECOMMENDED_MARK} recommended; the other rows of the Pareto front fit every budget too and are each "
-          "better on accuracy drop, memory or size, slower by the ranking figure")
+          f"better on accuracy drop, memory or size, slower by the ranking figure; {UNSTABLE_MARK} unstable timing")
+
+
+def _unstable(figures: CellFigures) -> str:
+    return UNSTABLE_MARK if is_unstable(figures.result) else ""
 
 
 def _drop(figures: CellFigures) -> str:
@@ -39,7 +43,7 @@ def front_table(answer: ModelRecommendation) -> tuple[list[str], list[list[str]]
         held_out = answer.confirmations.get(f.cell_id)
         return "–" if held_out is None else f"yes ({held_out.samples})" if held_out.confirmed else "no"
 
-    rows = [[RECOMMENDED_MARK if f is answer.recommended else "", f.result.cell.format, f.result.cell.backend,
+    rows = [[(RECOMMENDED_MARK if f is answer.recommended else "") + _unstable(f), f.result.cell.format, f.result.cell.backend,
              f.result.cell.precision, f.result.cell.variant or "–", *_figures_cells(f), confirmed(f)]
             for f in answer.front]
     variant = FRONT_HEADERS.index("variant")
@@ -60,7 +64,7 @@ def rejected_rows(rejections: Sequence[Rejection]) -> list[list[str]]:
     rows = []
     for r in rejections:
         cells = _figures_cells(r.figures)
-        rows.append([r.figures.cell_id, cells[0], cells[1], *cells[3:], "; ".join(b.text for b in r.broken)])
+        rows.append([r.figures.cell_id + _unstable(r.figures), cells[0], cells[1], *cells[3:], "; ".join(b.text for b in r.broken)])
     return rows
 
 
@@ -76,7 +80,7 @@ def _figure_line(answer: ModelRecommendation) -> str:
            f"{chosen.drop.basis}"
 
 
-def _model_lines(answer: ModelRecommendation, budget_text: str) -> list[str]:
+def _model_lines(answer: ModelRecommendation, budgets: Budgets) -> list[str]:
     """The terminal text of one model: the answer, how to reproduce it, the front, rejected and not run."""
     from tabulate import tabulate
 
@@ -84,6 +88,7 @@ def _model_lines(answer: ModelRecommendation, budget_text: str) -> list[str]:
         return ["    " + line for line in tabulate(rows, headers=headers, tablefmt="simple",
                                                      disable_numparse=True).splitlines()]
 
+    budget_text = ", ".join(budgets.limits()) or "the tolerances"
     lines = [""]
     if answer.recommended is not None:
         cell = answer.recommended.result.cell
@@ -91,6 +96,7 @@ def _model_lines(answer: ModelRecommendation, budget_text: str) -> list[str]:
                      + (f" ({cell.variant})" if cell.variant else "") + f"  [{cell.id}]")
         lines.append(f"  accuracy: {answer.held_out.text}")
         lines.append(f"  reproduce: {answer.command}")
+        lines.extend(f"  caveat: {note}" for note in answer.caveats(budgets))
         lines.append(f"  {_figure_line(answer)}")
         lines.append(f"  Pareto front of the {len(answer.front)} cell(s) that fit (latency, accuracy drop, memory, size):")
         lines.extend(table(*front_table(answer)))
@@ -119,7 +125,6 @@ def _model_lines(answer: ModelRecommendation, budget_text: str) -> list[str]:
 def terminal_recommendation(recommendation: Recommendation) -> str:
     """The recommendation as plain text: the budgets, then per model the answer, its Pareto front, the
     rejected cells with the budget each broke, and the cells that did not run."""
-    budget_text = ", ".join(recommendation.budgets.limits()) or "the tolerances"
     lines = [f"recommendation under: {recommendation.budgets.describe()}"]
     if recommendation.source:
         lines.append(f"from: {recommendation.source}")
@@ -128,7 +133,7 @@ def terminal_recommendation(recommendation: Recommendation) -> str:
     if not recommendation.models:
         lines.append("no cell to recommend from")
     for answer in recommendation.models:
-        lines.extend(_model_lines(answer, budget_text))
+        lines.extend(_model_lines(answer, recommendation.budgets))
     if any(m.fits for m in recommendation.models):
         lines += ["", f"legend: {LEGEND}"]
     missing = [m.name for m in recommendation.models if not m.fits]
@@ -159,7 +164,8 @@ def markdown_recommendation(recommendation: Recommendation) -> str:
             parts.append(f"### {_escape(answer.name)}: {cell.format} / {cell.backend} / {cell.precision}"
                          + (f" ({_escape(cell.variant)})" if cell.variant else ""))
             parts.append(f"- accuracy: {_escape(answer.held_out.text)}\n- {_escape(_figure_line(answer))}\n"
-                         f"- reproduce: `{answer.command}`")
+                         f"- reproduce: `{answer.command}`"
+                         + "".join(f"\n- caveat: {_escape(note)}" for note in answer.caveats(recommendation.budgets)))
             parts.append(_markdown_table(*front_table(answer)))
             if answer.dominated:
                 parts.append(f"<details><summary>{len(answer.dominated)} fit, but off the front</summary>\n\n"
@@ -200,6 +206,7 @@ def recommendation_dict(recommendation: Recommendation) -> dict[str, Any]:
             "model": answer.name, "fits": answer.fits,
             "recommended": _figures_dict(answer.recommended) if answer.recommended else None,
             "held_out": answer.held_out.to_dict() if answer.held_out else None, "command": answer.command,
+            "caveats": answer.caveats(recommendation.budgets),
             "front": [{**_figures_dict(f), "held_out": answer.confirmations[f.cell_id].to_dict()}
                       for f in answer.front],
             "dominated": [{"cell": d.figures.cell_id, "by": d.by.cell_id} for d in answer.dominated],
@@ -241,7 +248,9 @@ def html_recommendation(recommendation: Recommendation) -> str:
             parts.append(f"<h3>{_e(answer.name)}: {RECOMMENDED_MARK} {_e(cell.format)} / {_e(cell.backend)} / "
                          f"{_e(cell.precision)}{' (' + _e(cell.variant) + ')' if cell.variant else ''}</h3>")
             parts.append(f"<p>accuracy: {_e(answer.held_out.text)}<br>{_e(_figure_line(answer))}<br>"
-                         f"reproduce: <code>{_e(answer.command)}</code></p>")
+                         f"reproduce: <code>{_e(answer.command)}</code>"
+                         + "".join(f"<br>caveat: {_e(note)}" for note in answer.caveats(recommendation.budgets))
+                         + "</p>")
             parts.append(_html_table(*front_table(answer), marked=0))
             if answer.dominated:
                 items = "".join(f"<li>{_e(line)}</li>" for line in dominated_lines(answer))
