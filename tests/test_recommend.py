@@ -331,3 +331,19 @@ def test_budgets_refuse_what_they_cannot_mean():
         Budgets.coerce({"peak_mb": "200GB"})
     assert Budgets.coerce({"p99_ms": "20ms", "accuracy_drop": "1%"}).p99_ms == 20.0
     assert math.isclose(Budgets.coerce({"accuracy_drop": "1%"}).accuracy_drop, 0.01)
+
+
+def test_readme_recommend_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's API example of recommend, on a results file written here in its place."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "db.recommend(" in b]
+    results = [cell_result(model="resnet18", precision="int8", median=4.0, p99=9.0, cosine=0.998, peak=120),
+               cell_result(model="resnet18", fmt="openvino", backend="openvino", median=12.0, p99=16.0, peak=190)]
+    write_results(tmp_path / "results.json", results_document(results, {}, {}))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "resnet18: recommended onnx / onnxruntime / int8" in out
+    assert (tmp_path / "recommendation.md").read_text().startswith("## deploybench recommendation")

@@ -230,10 +230,17 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+# Text columns are left-aligned as in the report's own tables (class "t"); what a cell broke wraps ("note").
+_HTML_TEXT_COLUMNS = {"": "t", "format": "t", "backend": "t", "precision": "t", "variant": "t", "held-out": "t",
+                      "cell": "t", "broke": "t note"}
+
+
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], marked: int | None = None) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    classes = [f' class="{_HTML_TEXT_COLUMNS[h]}"' if h in _HTML_TEXT_COLUMNS else "" for h in headers]
+    head = "".join(f"<th{c}>{_e(h)}</th>" for c, h in zip(classes, headers))
     marks = ['<tr class="recommended">' if i == marked else "<tr>" for i in range(len(rows))]
-    body = "".join(mark + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for mark, row in zip(marks, rows))
+    body = "".join(mark + "".join(f"<td{c}>{_e(v)}</td>" for c, v in zip(classes, row)) + "</tr>"
+                   for mark, row in zip(marks, rows))
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
