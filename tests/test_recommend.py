@@ -347,3 +347,15 @@ def test_readme_recommend_example_runs_as_written(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "resnet18: recommended onnx / onnxruntime / int8" in out
     assert (tmp_path / "recommendation.md").read_text().startswith("## deploybench recommendation")
+
+
+def test_cells_of_one_other_scenario_are_weighed_on_it_by_throughput(tmp_path, capsys):
+    fast = cell_result(precision="int8", median=5.0, scenario="offline")
+    fast.throughput_ips = 400.0
+    slow = cell_result(median=2.0, scenario="offline")
+    slow.throughput_ips = 300.0
+    path = write_results(tmp_path / "offline.json", results_document([fast, slow], {}, {}))
+    assert main(["recommend", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "scenario offline, fastest by throughput" in out
+    assert "recommended onnx / onnxruntime / int8 (offline)" in out

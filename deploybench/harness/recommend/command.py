@@ -12,7 +12,7 @@ from collections.abc import Callable
 from deploybench.harness.recommend.budgets import ACCURACY_FIGURES, AUTO, RANKINGS, Budgets, parse_amount
 from deploybench.harness.recommend.recommendation import Recommendation, recommend
 from deploybench.harness.results.io import check_writable, load_results_file, write_text_atomic
-from deploybench.spec import SCENARIOS, SINGLE_STREAM, DeployBenchError, parse_csv, parse_fraction
+from deploybench.spec import SCENARIOS, SINGLE_STREAM, DeployBenchError, parse_fraction
 
 PROG = "deploybench recommend"
 # The CLI's conventions (deploybench.cli): 2 is a usage error, 3 nothing to work on, 130 interrupted; 1 is
@@ -62,7 +62,7 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     choice = parser.add_argument_group("how the choice is made")
     choice.add_argument("--scenario", choices=SCENARIOS, default=None,
                         help="the scenario the deployment serves; cells of other scenarios are not weighed "
-                             "(default: single-stream, or the one scenario --scenarios ran)")
+                             "(default: single-stream, or the one scenario the cells ran)")
     choice.add_argument("--rank-by", choices=RANKINGS, default=None,
                         help="among the cells that fit, recommend the lowest median (default for single-stream) "
                              "or p99, or the highest throughput (default for offline and server)")
@@ -78,8 +78,9 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
                          help="write the HTML report of the cells with the recommendation first and its cells marked")
 
 
-def budgets_from_args(args: argparse.Namespace) -> Budgets:
-    """The ``Budgets`` the options name; a bad value is one line naming the option."""
+def budgets_from_args(args: argparse.Namespace, scenario: str = SINGLE_STREAM) -> Budgets:
+    """The ``Budgets`` the options name (``scenario`` unless --scenario names one); a bad value is one line
+    naming the option."""
     def amount(option: str, unit: str):
         text = getattr(args, option.replace("-", "_"))
         return None if text is None else parse_amount(text, unit, f"--{option}")
@@ -87,21 +88,22 @@ def budgets_from_args(args: argparse.Namespace) -> Budgets:
     drop = None if args.max_accuracy_drop is None else parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop")
     return Budgets(accuracy_drop=drop, median_ms=amount("max-median-ms", "ms"), p99_ms=amount("max-p99-ms", "ms"),
                    peak_mb=amount("max-peak-mb", "MB"), size_mb=amount("max-size-mb", "MB"),
-                   min_throughput=amount("min-throughput", "ips"), scenario=_scenario(args), rank_by=args.rank_by,
+                   min_throughput=amount("min-throughput", "ips"), scenario=args.scenario or scenario,
+                   rank_by=args.rank_by,
                    accuracy_figure=args.accuracy_figure, allow_tolerance_failures=args.allow_tolerance_failures)
 
 
-def _scenario(args: argparse.Namespace) -> str:
-    if args.scenario:
-        return args.scenario
-    ran = parse_csv(getattr(args, "scenarios", None) or "") if args.models else []
-    return ran[0] if len(ran) == 1 else SINGLE_STREAM
+def measured_scenario(results) -> str:
+    """The scenario weighed when --scenario names none: single-stream when any cell ran it, else the one
+    scenario the cells ran (a run of --scenarios offline alone is decided on offline)."""
+    ran = {r.cell.scenario for r in results if r.ok}
+    return ran.pop() if len(ran) == 1 else SINGLE_STREAM
 
 
 def recommend_command(args: argparse.Namespace, run: Callable, no_cell: Callable[[argparse.Namespace], int]) -> int:
     """Decide and print; ``run(args)`` runs the cells when --models is given (the CLI's ``run_matrix``), and
     ``no_cell(args)`` says that the selection matched none. Errors propagate as one-line ``DeployBenchError``."""
-    budgets = budgets_from_args(args)
+    budgets_from_args(args)  # a bad budget is refused before anything is read or run
     if args.results and args.models:
         raise DeployBenchError(f"give either a RESULTS file ({args.results}) or --models to run, not both: "
                                "run first with `deploybench run --output FILE`, then recommend from FILE")
@@ -132,6 +134,7 @@ def recommend_command(args: argparse.Namespace, run: Callable, no_cell: Callable
             print(f"{PROG}: {matrix.incomplete}; nothing is recommended from a run cut short", file=sys.stderr)
             return EXIT_INTERRUPTED
         source = f"this run ({args.output})" if args.output else "this run"
+    budgets = budgets_from_args(args, measured_scenario(matrix.results))
     recommendation = recommend(matrix, budgets)
     recommendation.source = source
     if not any(m.front or m.rejected or m.not_run for m in recommendation.models):
