@@ -64,7 +64,8 @@ def rejected_rows(rejections: Sequence[Rejection]) -> list[list[str]]:
     rows = []
     for r in rejections:
         cells = _figures_cells(r.figures)
-        rows.append([r.figures.cell_id + _unstable(r.figures), cells[0], cells[1], *cells[3:], "; ".join(b.text for b in r.broken)])
+        name = r.figures.cell_id + (f" {UNSTABLE_MARK}" if _unstable(r.figures) else "")
+        rows.append([name, cells[0], cells[1], *cells[3:], "; ".join(b.text for b in r.broken)])
     return rows
 
 
