@@ -34,6 +34,9 @@ _LAZY = {
     "run_deployment_benchmark": "deploybench.harness.run",
     "compare_backends": "deploybench.harness.report.compare",
     "Matrix": "deploybench.harness.report.matrix",
+    "recommend": "deploybench.harness.recommend",
+    "Budgets": "deploybench.harness.recommend",
+    "Recommendation": "deploybench.harness.recommend",
     "Detections": "deploybench.tasks.detection",
     "Classifications": "deploybench.tasks.classification",
 }

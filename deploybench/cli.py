@@ -1,5 +1,5 @@
-"""``deploybench``: run the matrix, list models and backends, and (wired lazily) gate, history, report, merge,
-targets.
+"""``deploybench``: run the matrix, recommend a cell, list models and backends, and (wired lazily) gate,
+history, report, merge, targets.
 
 Every error a user can cause is printed as one line ``deploybench: error: ...`` on stderr with
 exit code 2, never a traceback.
@@ -74,35 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run every compatible (model, format, backend, precision) cell and "
                                           "print the matrix.", epilog=RUN_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                     help="comma-separated zoo names, file.py:factory refs or exported .onnx/.tflite/.xml files "
-                          f"(default: {','.join(DEFAULT_MODELS)})")
-    run.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                     help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}); "
-                          "see `deploybench backends`")
-    run.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS),
-                     help=f"comma-separated precisions: fp32, fp16, bf16, int8, int8ac (default: {','.join(DEFAULT_PRECISIONS)})")
-    run.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
-    run.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
-                     help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
-    run.add_argument("--input", action="append", default=None, metavar="NAME:SHAPE[:DTYPE[:VALUES]]",
-                     help="a named input of a file.py:factory model, for token ids and masks: VALUES is LOW..HIGH "
-                          "(integers exclude HIGH), mask (0 or 1) or =VALUE, e.g. input_ids:1x32:int64:0..30522 "
-                          "attention_mask:1x32:int64:mask; repeat once per input. For an exported .onnx/.tflite/"
-                          ".xml file it sizes and fills the file's own inputs: input:1x512 sr::int64:=16000 (an "
-                          "empty SHAPE or DTYPE keeps the file's)")
-    run.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
-    add_options(run.add_argument, edge="cli")
-    run.add_argument("--resume", default=None, metavar="RESULTS",
-                     help="keep the cells of an earlier (interrupted) results file and run only the missing ones")
-    run.add_argument("--shard", default=None, metavar="I/N",
-                     help="run only shard I of N (1 <= I <= N), e.g. 1/4; shards partition the cells")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    run.add_argument("--verbose", action="store_true",
-                     help="show what the workers print: converters' own warnings and log lines (hidden by default)")
-    run.add_argument("--mlflow", metavar="URI", default=None,
-                     help="also log every cell as an MLflow run to this tracking URI (needs deploybench[mlflow])")
+    add_run_arguments(run)
     run.set_defaults(handler=run_command)
+
+    from .harness.recommend.command import RECOMMEND_DESCRIPTION, RECOMMEND_EPILOG, add_recommend_arguments
+
+    recommend = commands.add_parser("recommend", help="the cell to ship per model under budgets on accuracy drop, "
+                                                      "latency, memory and size, from a results file or a run",
+                                    description=RECOMMEND_DESCRIPTION, epilog=RECOMMEND_EPILOG,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_recommend_arguments(recommend)
+    add_run_arguments(recommend, models_default=None, mlflow=False)
+    recommend.set_defaults(handler=recommend_command)
 
     models = commands.add_parser("models", help="list the built-in model zoo",
                                  description="List the built-in models with their task, inputs and description.")
@@ -126,6 +109,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, models_default: str | None = ",".join(DEFAULT_MODELS),
+                      mlflow: bool = True) -> None:
+    """What ``deploybench run`` runs and how it measures it; ``deploybench recommend`` takes the same options
+    (with no default model: without --models it decides from a results file; no MLflow sink)."""
+    parser.add_argument("--models", default=models_default,
+                        help="comma-separated zoo names, file.py:factory refs or exported .onnx/.tflite/.xml files "
+                             f"(default: {models_default or 'none'})")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                        help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}); "
+                             "see `deploybench backends`")
+    parser.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS),
+                        help="comma-separated precisions: fp32, fp16, bf16, int8, int8ac (accuracy-aware int8) "
+                             f"(default: {','.join(DEFAULT_PRECISIONS)})")
+    parser.add_argument("--formats", default=None, help="only these formats (comma-separated), e.g. onnx,openvino")
+    parser.add_argument("--input-shape", action="append", default=None, metavar="SHAPE",
+                        help="input shape of a file.py:factory model, e.g. 1x3x64x64; repeat once per input")
+    parser.add_argument("--input", action="append", default=None, metavar="NAME:SHAPE[:DTYPE[:VALUES]]",
+                        help="a named input of a file.py:factory model, for token ids and masks: VALUES is LOW..HIGH "
+                             "(integers exclude HIGH), mask (0 or 1) or =VALUE, e.g. input_ids:1x32:int64:0..30522 "
+                             "attention_mask:1x32:int64:mask; repeat once per input. For an exported .onnx/.tflite/"
+                             ".xml file it sizes and fills the file's own inputs: input:1x512 sr::int64:=16000 (an "
+                             "empty SHAPE or DTYPE keeps the file's)")
+    parser.add_argument("--output", "-o", default=None, help="write the matrix as JSON to this file")
+    add_options(parser.add_argument, edge="cli")
+    parser.add_argument("--resume", default=None, metavar="RESULTS",
+                        help="keep the cells of an earlier (interrupted) results file and run only the missing ones")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="run only shard I of N (1 <= I <= N), e.g. 1/4; shards partition the cells")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what the workers print: converters' own warnings and log lines (hidden by default)")
+    if mlflow:
+        parser.add_argument("--mlflow", metavar="URI", default=None,
+                            help="also log every cell as an MLflow run to this tracking URI (needs deploybench[mlflow])")
+
+
 def _unavailable(name: str):
     def handler(args) -> int:
         raise DeployBenchError(f"`{PROG} {name}` is not available in this build")
@@ -133,9 +152,9 @@ def _unavailable(name: str):
     return handler
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise, 130 when
-    interrupted (after writing what was measured)."""
+def run_matrix(args: argparse.Namespace):
+    """Plan and run the cells ``args`` name (``run``'s options) through the one pipeline; returns the ``Matrix``.
+    ``deploybench run`` and ``deploybench recommend --models ...`` both run through here."""
     from .harness.pipeline.matrix import stop_on_sigterm
     from .harness.run import run_deployment_benchmark
     from .harness.pipeline.plan import parse_shard
@@ -164,18 +183,30 @@ def run_command(args: argparse.Namespace) -> int:
     models = [ref_with_inputs(ref, inputs) for ref in refs]
     resume = Matrix.load(args.resume) if args.resume else None
     stop_on_sigterm()
-    matrix = run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
-                                      progress=not args.no_progress, shard=shard,
-                                      formats=parse_csv(args.formats) or None, verbose=args.verbose, resume=resume)
+    return run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
+                                    progress=not args.no_progress, shard=shard,
+                                    formats=parse_csv(args.formats) or None, verbose=args.verbose, resume=resume)
+
+
+def no_cell_matched(args: argparse.Namespace) -> int:
+    """Say that the selection matched no cell, naming it; returns ``EXIT_NO_CELL``."""
+    asked = " ".join(f"--{name} {','.join(parse_csv(getattr(args, name)))}"
+                     for name in ("models", "backends", "precisions"))
+    asked += f" --formats {args.formats}" if args.formats else ""
+    asked += f" --shard {args.shard} (an empty shard)" if args.shard else ""
+    print(f"{PROG}: no cell matched {asked}", file=sys.stderr)
+    return EXIT_NO_CELL
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``deploybench run``: plan, run and print the matrix; 0 if no cell failed, 1 otherwise, 130 when
+    interrupted (after writing what was measured)."""
+    matrix = run_matrix(args)
     kept = ""
     if args.output:
         written, kept = matrix.save_or_keep(args.output)
     if not matrix.results and not matrix.incomplete:
-        asked = f"--models {','.join(refs)} --backends {','.join(backends)} --precisions {','.join(precisions)}"
-        asked += f" --formats {args.formats}" if args.formats else ""
-        asked += f" --shard {args.shard} (an empty shard)" if args.shard else ""
-        print(f"{PROG}: no cell matched {asked}", file=sys.stderr)
-        return EXIT_NO_CELL
+        return no_cell_matched(args)
     print(matrix.table())
     if kept:
         print(f"{PROG}: {kept}; the results were kept in {written}", file=sys.stderr)
@@ -191,6 +222,13 @@ def run_command(args: argparse.Namespace) -> int:
         run_ids = log_matrix(matrix.results, matrix.machine, args.mlflow, settings=matrix.settings)
         print(f"logged {len(run_ids)} MLflow runs to {args.mlflow}")
     return EXIT_CELL_FAILED if matrix.failed else EXIT_OK
+
+
+def recommend_command(args: argparse.Namespace) -> int:
+    """``deploybench recommend``: the body is ``harness.recommend.command``; it runs cells through ``run_matrix``."""
+    from .harness.recommend.command import recommend_command as decide
+
+    return decide(args, run=run_matrix, no_cell=no_cell_matched)
 
 
 def models_command(args: argparse.Namespace) -> int:

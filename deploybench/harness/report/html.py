@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from deploybench.harness.report.table import (BEST_LEGEND, COLUMNS, cell_row, ce
 from deploybench.harness.results.history import StoredRun, list_runs
 from deploybench.spec import OFFLINE, SERVER, Cell, Result
 
+# The recommendation's mark (``deploybench recommend``, whose section arrives rendered: report does not
+# import it).
+RECOMMENDED_MARK = "✔"
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1250px;
 color:#222;padding:0 16px;line-height:1.4}
@@ -28,7 +32,8 @@ table{border-collapse:collapse;font-size:.82em;margin:.4em 0 1em}.scroll{overflo
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 th{background:#f3f4f6;white-space:normal;vertical-align:bottom}th.t,td.t{text-align:left}
 td.note{white-space:normal;min-width:16em}td.status{white-space:normal;min-width:7em;max-width:14em}
-tr.best td{background:#fff7d6;font-weight:600}td[title]{text-decoration:underline dotted;cursor:help}
+tr.best td{background:#fff7d6;font-weight:600}
+tr.recommended td{background:#dcfce7;font-weight:600}tr.recommended td:first-child{color:#0a7a2f}td[title]{text-decoration:underline dotted;cursor:help}
 ul.notes{font-size:.82em;color:#444;margin:-.6em 0 1em;padding-left:1.2em;list-style:none}
 tr.unstable td{color:#8a5a00}tr.fails td{color:#a12}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:12px;align-items:start}
@@ -47,12 +52,16 @@ def _e(value: Any) -> str:
 _METRIC = COLUMNS.index("metric")
 
 
-def _table(rows: Sequence[Result], best: Result | None) -> str:
+def _table(rows: Sequence[Result], best: Result | None, recommended: Collection[str] = ()) -> str:
     """The cells' table, narrow enough for a laptop screen: status right after the cell's name, headers
-    that wrap, a metric shared by every row named once in its header; notes as tooltips and listed below."""
+    that wrap, a metric shared by every row named once in its header; notes as tooltips and listed below.
+    A cell whose id is in ``recommended`` is marked as the recommendation."""
     footnotes = Footnotes()
     headers, table = with_detector_columns(COLUMNS, [cell_row(r, r is best, footnotes) for r in rows], rows)
     headers, table = list(headers), [list(line) for line in table]
+    for line, r in zip(table, rows):
+        if r.cell.id in recommended:
+            line[0] = RECOMMENDED_MARK + line[0]
     metric_names = {r.accuracy.metric if r.accuracy else None for r in rows}
     if len(metric_names) == 1 and None not in metric_names:
         (headers[_METRIC],) = metric_names
@@ -75,7 +84,8 @@ def _table(rows: Sequence[Result], best: Result | None) -> str:
                    for i in order)
     body = []
     for r, line in zip(rows, table):
-        marks = [c for c, on in (("best", r is best), ("unstable", is_unstable(r)),
+        marks = [c for c, on in (("best", r is best), ("recommended", r.cell.id in recommended),
+                                 ("unstable", is_unstable(r)),
                                  ("fails", not r.passes_accuracy)) if on]
         body.append(f'<tr class="{" ".join(marks)}">{"".join(td(r, line, i) for i in order)}</tr>')
     notes = "".join(f"<li>{_e(text)}</li>" for text in footnotes.lines())
@@ -117,7 +127,8 @@ def _verdicts_html(verdicts: Iterable[Verdict]) -> str:
     return "".join(parts)
 
 
-def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] | None) -> str:
+def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] | None,
+              recommended: Collection[str] = ()) -> str:
     parts = [f"<h2>{_e(label)}</h2>"]
     if machine:
         parts.append(f"<p class='muted'>machine: {_e(machine_line(machine))}</p>")
@@ -126,12 +137,13 @@ def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] 
             parts.append("<p class='muted'>versions: "
                          + _e(", ".join(f"{k} {v}" for k, v in libraries.items() if v)) + "</p>")
     ok = [r for r in results if r.ok]
-    parts.append(f"<p class='muted'>{len(ok)} of {len(results)} cells ran; {BEST_LEGEND}</p>")
+    legend = BEST_LEGEND + (f"; {RECOMMENDED_MARK} the recommendation" if recommended else "")
+    parts.append(f"<p class='muted'>{len(ok)} of {len(results)} cells ran; {_e(legend)}</p>")
     for group in model_groups(results):
         parts.append(f"<h3>{_e(group.name)}</h3>")
         if group.reference:
             parts.append(f"<p class='muted'>errors against {_e(group.reference)}</p>")
-        parts.append(_table(group.rows, group.best))
+        parts.append(_table(group.rows, group.best, recommended))
         parts.append("<div class='plots'>"
                      + _plot(plots.latency_distribution_svg(group.rows, title=f"{group.name}: latency distribution"))
                      + _plot(plots.speed_accuracy_svg(group.rows, title=f"{group.name}: speed vs accuracy"))
@@ -219,12 +231,14 @@ def history_series(runs: Sequence[tuple[str, Sequence[Result]]]) -> dict[str, di
 
 def html_report(runs: Sequence[tuple[str, Sequence[Result], Mapping[str, Any] | None]] | Sequence[Result],
                 history: History | None = None, verdicts: Iterable[Verdict] | None = None,
-                title: str = "deploybench report", machine: Mapping[str, Any] | None = None) -> str:
+                title: str = "deploybench report", machine: Mapping[str, Any] | None = None,
+                recommendation: Any = None) -> str:
     """One self-contained HTML page (inline CSS and SVG, nothing fetched): per run the matrix tables,
     latency distributions, speed vs accuracy with the Pareto front and peak memory; then each model's
     median latency across the ``history`` runs (StoredRun objects, (label, results) pairs or a storage
-    path) with regressions marked. Gate ``verdicts`` come first when given. A plain list of Results
-    is one run (with ``machine``)."""
+    path) with regressions marked. Gate ``verdicts`` come first when given, then a ``recommendation``
+    (``deploybench.recommend``'s: its ``html()`` section, and its cells marked in the tables). A plain
+    list of Results is one run (with ``machine``)."""
     runs = list(runs)
     if runs and isinstance(runs[0], Result):  # one run given as its results
         runs = [("matrix", runs, machine)]
@@ -234,8 +248,11 @@ def html_report(runs: Sequence[tuple[str, Sequence[Result], Mapping[str, Any] | 
     if verdicts is not None:
         body.append("<h2>Gate verdicts</h2>")
         body.append(_verdicts_html(verdicts))
+    recommended = set(recommendation.recommended_ids) if recommendation is not None else set()
+    if recommendation is not None:
+        body.append(recommendation.html())
     for label, results, machine in runs:
-        body.append(_run_html(label, list(results), machine))
+        body.append(_run_html(label, list(results), machine, recommended))
     history_runs = _history_runs(history)
     if history is not None:
         body.append("<h2>History</h2>")
