@@ -4,6 +4,7 @@ process boundary, and one worker serves all of a model's cells."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -235,6 +236,10 @@ def test_errors_keep_their_kind_across_the_process_boundary(model_file, tmp_path
         try:
             matrix = run_deployment_benchmark([_ref(model_file, "healthy")], backends=["probing"],
                                               precisions=["fp32", "fp16"], settings=QUICK, progress=False)
+            # with memory measured, the memory child meets the refusal first: a skip there too, not a failure
+            with_memory = run_deployment_benchmark(
+                [_ref(model_file, "healthy")], backends=["probing"], precisions=["fp16"], progress=False,
+                settings=dataclasses.replace(QUICK, memory=MemoryRules(enabled=True, runs=1)))
         finally:
             ENGINES._targets.pop("probing")
     finally:
@@ -243,6 +248,9 @@ def test_errors_keep_their_kind_across_the_process_boundary(model_file, tmp_path
     assert fp32.ok, fp32.reason
     assert (fp16.status, fp16.stage, fp16.reason) == ("skipped", "load",
                                                       "probing on this CPU ran fp16 as bf16: no native FP16")
+    (measured,) = with_memory.results
+    assert (measured.status, measured.stage, measured.reason) == ("skipped", "memory",
+                                                                  "probing on this CPU ran fp16 as bf16: no native FP16")
 
 
 def test_in_process_mode_says_it_gives_up_isolation(small_cnn_spec):

@@ -29,7 +29,8 @@ from deploybench.spec import STATUS_FAILED, STATUS_OK, STATUS_TIMEOUT, Artifact,
 
 @dataclass
 class Memory:
-    """Peak and baseline RSS in MB of a child that loaded the artifact and ran it; ``status`` ok/failed/timeout."""
+    """Peak and baseline RSS in MB of a child that loaded the artifact and ran it; ``status`` ok, skipped (the
+    backend lacks the precision or shape here), failed or timeout."""
 
     peak_rss_mb: float | None = None
     baseline_rss_mb: float | None = None
