@@ -19,6 +19,7 @@ import numpy as np
 
 from ..spec import DeployBenchError, ModelSpec
 from ..spec.tolerances import TOLERANCES, precision_overrides
+from ..tasks.metrics import cosine_similarity
 from .calibration import DEFAULT_SAMPLES
 
 INT8AC = "int8ac"
@@ -70,8 +71,8 @@ class AccuracyTarget:
         them: cosine of each whole output (the lowest over outputs), top-1 agreement of the first output."""
         figures: dict[str, float] = {}
         if "cosine" in self.criteria:
-            figures["cosine"] = min(_cosine(np.concatenate([o[i] for o in outputs]),
-                                            np.concatenate([r[i] for r in references]))
+            figures["cosine"] = min(cosine_similarity(np.concatenate([o[i] for o in outputs]),
+                                                      np.concatenate([r[i] for r in references]))
                                     for i in range(len(references[0])))
         if "top1_agreement" in self.criteria:
             got = np.concatenate([o[0] for o in outputs])
@@ -90,15 +91,7 @@ class AccuracyTarget:
 
 def per_sample_cosine(outputs: Sequence[Outputs], references: Sequence[Outputs]) -> list[float]:
     """Each sample's lowest output cosine: a smooth per-sample score for ranking layers."""
-    return [min(_cosine(o, r) for o, r in zip(out, ref)) for out, ref in zip(outputs, references)]
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    norm = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    if norm == 0:
-        return 1.0 if not a64.any() and not b64.any() else 0.0
-    return float(np.dot(a64, b64) / norm)
+    return [min(cosine_similarity(o, r) for o, r in zip(out, ref)) for out, ref in zip(outputs, references)]
 
 
 def validation_samples(spec: ModelSpec, calibration_size: int = DEFAULT_SAMPLES, count: int = VALIDATION_SAMPLES

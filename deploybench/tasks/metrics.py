@@ -14,6 +14,15 @@ from .detection import Detections, postprocess
 from .nms import box_iou
 
 
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between the flattened arrays: 1.0 when both are zero, 0.0 when only one is."""
+    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    norm = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    if norm == 0:
+        return 1.0 if not a64.any() and not b64.any() else 0.0
+    return float(np.dot(a64, b64) / norm)
+
 def _boxes_and_classes(item: Any) -> tuple[np.ndarray, np.ndarray]:
     """(boxes K×4 xyxy, class ids K) of a ``Detections`` or a ground-truth dict {"boxes", "class_ids"}."""
     if isinstance(item, Detections):
@@ -131,4 +140,4 @@ def evaluate_detection(infer, inputs: Mapping[str, np.ndarray], truths: Sequence
     return {"metric": "map50", "value": scores["map50"], "map50_95": scores["map50_95"], "n": int(count)}
 
 
-__all__ = ["detection_agreement", "evaluate_detection", "mean_average_precision"]
+__all__ = ["cosine_similarity", "detection_agreement", "evaluate_detection", "mean_average_precision"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from deploybench.harness.measure.tolerance import check_tolerance
 from deploybench.spec import Accuracy, DeployBenchError, ModelSpec
+from deploybench.tasks.metrics import cosine_similarity
 
 # Relative errors divide by max(|reference|, REL_ERROR_FLOOR * max|reference of that output|):
 # an element a thousand times smaller than the output's largest magnitude (a logit near zero)
@@ -164,15 +165,6 @@ def compare_outputs(outputs: Mapping[str, np.ndarray], reference: Mapping[str, n
             "rtol_to_pass": float(strict.max()),
         }
     return report
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of the angle between the flattened arrays: 1.0 when both are zero, 0.0 when only one is."""
-    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    norm = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    if norm == 0:
-        return 1.0 if not a64.any() and not b64.any() else 0.0
-    return float(np.dot(a64, b64) / norm)
 
 
 def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from deploybench.harness.recommend.decide import Broken
 from deploybench.harness.recommend.figures import CellFigures
 from deploybench.harness.recommend.recommendation import ModelRecommendation, Recommendation, Rejection
 from deploybench.harness.report.html import RECOMMENDED_MARK
+from deploybench.harness.report.markdown import markdown_cell, markdown_table
 from deploybench.harness.report.table import UNSTABLE_MARK, is_unstable, machine_line, number
 
 SCHEMA = "deploybench.recommendation/1"
@@ -143,49 +144,39 @@ def terminal_recommendation(recommendation: Recommendation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _escape(text: Any) -> str:
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out.extend("| " + " | ".join(_escape(c) for c in row) + " |" for row in rows)
-    return "\n".join(out)
-
-
 def markdown_recommendation(recommendation: Recommendation) -> str:
     """Markdown for a pull request: per model the answer, the command, the front; rejected cells folded."""
     budget_text = ", ".join(recommendation.budgets.limits()) or "the tolerances"
-    parts = ["## deploybench recommendation", f"_{_escape(recommendation.budgets.describe())}_"]
+    parts = ["## deploybench recommendation", f"_{markdown_cell(recommendation.budgets.describe())}_"]
     if recommendation.machine:
-        parts.append(f"_machine: {_escape(machine_line(recommendation.machine))}_")
+        parts.append(f"_machine: {markdown_cell(machine_line(recommendation.machine))}_")
     for answer in recommendation.models:
         if answer.recommended is not None:
             cell = answer.recommended.result.cell
-            parts.append(f"### {_escape(answer.name)}: {cell.format} / {cell.backend} / {cell.precision}"
-                         + (f" ({_escape(cell.variant)})" if cell.variant else ""))
-            parts.append(f"- accuracy: {_escape(answer.held_out.text)}\n- {_escape(_figure_line(answer))}\n"
+            parts.append(f"### {markdown_cell(answer.name)}: {cell.format} / {cell.backend} / {cell.precision}"
+                         + (f" ({markdown_cell(cell.variant)})" if cell.variant else ""))
+            parts.append(f"- accuracy: {markdown_cell(answer.held_out.text)}\n- {markdown_cell(_figure_line(answer))}\n"
                          f"- reproduce: `{answer.command}`"
-                         + "".join(f"\n- caveat: {_escape(note)}" for note in answer.caveats(recommendation.budgets)))
-            parts.append(_markdown_table(*front_table(answer)))
+                         + "".join(f"\n- caveat: {markdown_cell(note)}" for note in answer.caveats(recommendation.budgets)))
+            parts.append(markdown_table(*front_table(answer)))
             if answer.dominated:
                 parts.append(f"<details><summary>{len(answer.dominated)} fit, but off the front</summary>\n\n"
-                             + "\n".join(f"- {_escape(line)}" for line in dominated_lines(answer)) + "\n\n</details>")
+                             + "\n".join(f"- {markdown_cell(line)}" for line in dominated_lines(answer)) + "\n\n</details>")
             shown, title = answer.rejected, f"{len(answer.rejected)} rejected"
         else:
-            parts.append(f"### {_escape(answer.name)}: nothing fits ({_escape(budget_text)})")
+            parts.append(f"### {markdown_cell(answer.name)}: nothing fits ({markdown_cell(budget_text)})")
             shown, title = answer.closest, f"closest {len(answer.closest)} of {len(answer.rejected)}"
             if shown:
-                parts.append(f"_{_escape(_figure_line(answer))}_")
+                parts.append(f"_{markdown_cell(_figure_line(answer))}_")
         if shown:
-            table = _markdown_table(REJECTED_HEADERS, rejected_rows(shown))
+            table = markdown_table(REJECTED_HEADERS, rejected_rows(shown))
             parts.append(table if not answer.fits else f"<details><summary>{title}</summary>\n\n{table}\n\n</details>")
         if answer.not_run:
-            items = "\n".join(f"- **{_escape(r.status)}** <code>{_escape(r.cell.id)}</code>: "
-                              f"{_escape(r.reason or 'no reason given')}" for r in answer.not_run)
+            items = "\n".join(f"- **{markdown_cell(r.status)}** <code>{markdown_cell(r.cell.id)}</code>: "
+                              f"{markdown_cell(r.reason or 'no reason given')}" for r in answer.not_run)
             parts.append(f"<details><summary>{len(answer.not_run)} not run</summary>\n\n{items}\n\n</details>")
     if any(m.fits for m in recommendation.models):
-        parts.append(f"_{_escape(LEGEND)}_")
+        parts.append(f"_{markdown_cell(LEGEND)}_")
     return "\n\n".join(parts) + "\n"
 
 
