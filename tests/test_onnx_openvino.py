@@ -154,7 +154,11 @@ def test_nncf_int8_ir_has_fake_quantize_and_runs(small_cnn_spec, openvino_fp32, 
     assert int8.metadata["calibration_samples"] == 64
     out, notes = run(int8, "openvino", inputs)
     assert notes["inference_precision"] == "f32"  # the unquantized remainder, explicitly
+    assert notes["precision_ran"].startswith("int8 where NNCF placed FakeQuantize")
     assert cosine(out, run(openvino_fp32, "openvino", inputs)[0]) > 0.99
+    # the int8 ONNX file ONNX Runtime's quantizer made, run by OpenVINO, is said for what it is
+    _, onnx_notes = run(deploy_model(small_cnn_spec, "onnx", precision="int8"), "openvino", inputs)
+    assert onnx_notes["precision_ran"].startswith("int8 where the ONNX file's QDQ pairs quantize")
     with pytest.raises(DeployBenchError, match="int8"):
         create_deployer(openvino_fp32, backend="openvino", precision="int8")
 

@@ -99,7 +99,10 @@ class OpenVINOEngine(InferenceEngine):
             "streams": int(self._compiled.get_property("NUM_STREAMS")),
         })
         if self.precision == "int8":
-            self.runtime_notes["precision_ran"] = (f"int8 where NNCF placed FakeQuantize; the other ops in {ran} "
+            # an IR from NNCF carries FakeQuantize; an int8 ONNX file, ONNX Runtime's QDQ pairs
+            where = ("NNCF placed FakeQuantize" if self.artifact.format == "openvino"
+                     else "the ONNX file's QDQ pairs quantize")
+            self.runtime_notes["precision_ran"] = (f"int8 where {where}; the other ops in {ran} "
                                                    "(INFERENCE_PRECISION_HINT)")
         elif self.precision == "int8ac":
             self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}")

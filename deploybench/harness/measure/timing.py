@@ -50,8 +50,9 @@ class TimingRules:
     """Warm up until BOTH ``warmup_count`` calls and ``warmup_s`` seconds are done; then sample until BOTH
     ``min_samples`` calls and ``min_time_s`` seconds are done and the median's ``confidence`` interval
     lies within +-``median_ci`` of it, unless ``max_samples`` calls or ``max_time_s`` seconds stop it
-    first (``median_ci`` None: stop at the minimums, for a caller that times fixed windows). ``max_time_s`` None: ``DEFAULT_CAP_OVER_MIN_TIME`` x ``min_time_s`` once the minimums are
-    met, and ``DEFAULT_SLOW_MODEL_CAP_S`` before (a given ``max_time_s`` caps both)."""
+    first (``median_ci`` None: stop at the minimums, for a caller that times fixed windows).
+    ``max_time_s`` None: ``DEFAULT_CAP_OVER_MIN_TIME`` x ``min_time_s`` once the minimums are met, and
+    ``DEFAULT_SLOW_MODEL_CAP_S`` before (a given ``max_time_s`` caps both)."""
 
     warmup_count: int = 10
     warmup_s: float = 0.2
