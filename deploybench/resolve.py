@@ -249,11 +249,11 @@ def ref_with_inputs(ref: str, inputs: Sequence[str] | None) -> str:
     if not inputs or ref in MODELS.names():
         return ref
     if ".py:" not in ref:
+        spec = get_model(ref)  # the file's own inputs, read once: checked here, rebuilt in the worker
         if any(":" not in text for text in inputs):
             raise DeployBenchError(f"{ref}: a model file's inputs are named; size them with --input NAME:SHAPE "
-                                   f"(e.g. --input {model_from_artifact(Path(ref)).inputs[0].name}:1x512), "
-                                   "not --input-shape")
-        return with_file_inputs(get_model(ref), inputs).ref
+                                   f"(e.g. --input {spec.inputs[0].name}:1x512), not --input-shape")
+        return with_file_inputs(spec, inputs).ref
     parsed = parse_inputs(inputs)
     text = ";".join(input_text(t) for t in parsed) if isinstance(parsed[0], TensorSpec) else \
         ",".join("x".join(map(str, shape)) for shape in parsed)

@@ -92,7 +92,7 @@ class TFLiteEngine(InferenceEngine):
     def _open_requests_impl(self, n: int | None, outputs: bool) -> RequestPool:
         """By default one request at a time on the engine's interpreter (an interpreter runs one invoke at
         once): LiteRT's parallelism is inside the call, the interpreter's ``num_threads`` (XNNPACK's pool).
-        ``n`` > 1 loads ``n - 1`` more interpreters of the same file and splits the threads between them
+        ``n`` > 1 loads ``n`` interpreters of the same file for the pool and splits the threads between them
         (each at least one), as a server running one interpreter per worker does; ``invoke`` releases the
         GIL, so they overlap."""
         kernels = "XNNPACK" if self.options.get("xnnpack", True) else "builtin"

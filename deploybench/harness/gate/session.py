@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ _NOT_FOR_THE_BASELINE = {"--deploybench-gate": True, "--deploybench-gate-ref": T
 BASELINE_SESSION_TIMEOUT_S = 3 * 3600
 
 
-def baseline_arguments(args: Sequence[str]) -> list[str]:
-    """The session's own command-line arguments without the gate and the output options."""
+def baseline_arguments(args: Sequence[str], also: Mapping[str, bool] | None = None) -> list[str]:
+    """The session's own command-line arguments without the gate and the output options, nor the options
+    in ``also`` ({name: takes a value})."""
+    dropped = {**_NOT_FOR_THE_BASELINE, **(also or {})}
     kept: list[str] = []
     skip_value = False
     for arg in args:
@@ -38,8 +40,8 @@ def baseline_arguments(args: Sequence[str]) -> list[str]:
             skip_value = False
             continue
         name = arg.split("=", 1)[0]
-        if name in _NOT_FOR_THE_BASELINE:
-            skip_value = _NOT_FOR_THE_BASELINE[name] and "=" not in arg
+        if name in dropped:
+            skip_value = dropped[name] and "=" not in arg
             continue
         kept.append(arg)
     return kept
@@ -82,7 +84,7 @@ def planned_at_ref(ref: str, args: Sequence[str], folder: Path, cache_dir: str |
                    log: Callable[[str], Any]) -> set[str]:
     """The cell ids the same tests plan at ``ref``, all shards (a collect-only session there); empty, and
     said, when that session cannot list them (a ref whose deploybench predates ``--deploybench-planned``)."""
-    unsharded = baseline_arguments(_without(args, "--shard"))
+    unsharded = baseline_arguments(args, also={"--shard": True})
     with tempfile.TemporaryDirectory() as scratch:
         listed = Path(scratch) / "planned.json"
         done, _ = _pytest_at(ref, unsharded, folder, cache_dir, ["--co", "--deploybench-planned", str(listed)])
@@ -92,19 +94,6 @@ def planned_at_ref(ref: str, args: Sequence[str], folder: Path, cache_dir: str |
     log(f"the baseline at {ref} did not list its cells ({lines[-1] if lines else f'pytest exit {done.returncode}'}); "
         "each side deals its shard from its own cells, so a cell added or removed may move others between shards")
     return set()
-
-
-def _without(args: Sequence[str], option: str) -> list[str]:
-    """``args`` without ``option`` and its value (``--shard 1/2`` or ``--shard=1/2``)."""
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            kept.append(arg)
-    return kept
 
 
 def session_shard(config, cells: Sequence[Any], log: Callable[[str], Any]) -> tuple[list[Any], set[str]]:

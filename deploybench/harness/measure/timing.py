@@ -195,15 +195,16 @@ def benchmark_inference(engine, inputs, warmup_count: int = 10, warmup_s: float 
     samples_ms = (np.asarray(samples_ns, dtype=np.float64) / 1e6).tolist()
     interval_ms = median_interval(samples_ms, rules.confidence)
     median_ci_ms = (interval_ms[1], interval_ms[2]) if interval_ms else None
+    reached = relative_half_width(interval_ms)
     return Timing(
         stats=latency_stats(samples_ms), samples_ms=samples_ms,
         throughput_ips=len(samples_ms) * batch / sampling_s if sampling_s > 0 else float("nan"),
         load_ms=getattr(engine, "load_ms", None), first_inference_ms=first_inference_ms,
         unstable=stopped_by != STOPPED_BY_RULES, warmup_count=warmed, warmup_s=warmup_elapsed_s,
         sampling_s=sampling_s, batch_size=batch, stopped_by=stopped_by, median_ci_ms=median_ci_ms,
-        median_ci=relative_half_width(interval_ms),
+        median_ci=reached,
         extra={"median_ci_ms": list(median_ci_ms) if median_ci_ms else None,
-               "median_ci": relative_half_width(interval_ms) if median_ci_ms else None,
+               "median_ci": reached if median_ci_ms else None,
                "median_ci_goal": rules.median_ci, "time_cap_s": rules.time_cap_s},
     )
 
