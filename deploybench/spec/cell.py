@@ -27,9 +27,10 @@ class Cell:
 
     ``dims`` sets dynamic axes (``(("batch", 8),)``: batch 8; an axis not named takes the model's
     default); ``threads`` 0 leaves the thread count to the run's setting (or the backend);
-    ``shapes`` is ``static`` (compiled for the cell's shape) or ``dynamic``. The id names only what
-    differs from the defaults: ``resnet18-onnx-openvino-fp32``, ``resnet18-onnx-openvino-fp32-b8-t2``,
-    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``.
+    ``shapes`` is ``static`` (compiled for the cell's shape) or ``dynamic``; ``target`` names the device
+    it runs on (``run --target pi``), empty for this machine. The id names only what differs from the
+    defaults: ``resnet18-onnx-openvino-fp32``, ``resnet18-onnx-openvino-fp32-b8-t2``,
+    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``, ``resnet18-onnx-onnxruntime-fp32@pi``.
     """
 
     model: str
@@ -40,18 +41,20 @@ class Cell:
     threads: int = 0
     shapes: str = STATIC
     scenario: str = SINGLE_STREAM
+    target: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "dims", tuple((str(name), int(size)) for name, size in self.dims))
 
     @property
     def id(self) -> str:
-        return "-".join([self.model, self.format, self.backend, self.precision, *self._variant_parts()])
+        where = f"@{self.target}" if self.target else ""
+        return "-".join([self.model, self.format, self.backend, self.precision, *self._variant_parts()]) + where
 
     @property
     def variant(self) -> str:
-        """What sets this cell apart from its model's plain cell, e.g. ``b8 t2 offline``; empty when nothing."""
-        return " ".join(self._variant_parts())
+        """What sets this cell apart from its model's plain cell, e.g. ``b8 t2 offline @pi``; empty when nothing."""
+        return " ".join(self._variant_parts() + ([f"@{self.target}"] if self.target else []))
 
     def _variant_parts(self) -> list[str]:
         parts = [f"b{size}" if name == "batch" else f"{name}{size}" for name, size in self.dims]
@@ -66,6 +69,8 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dims"] = dict(self.dims)
+        if not self.target:  # a cell of this machine reads as it did before cells had targets
+            del data["target"]
         return data
 
     @classmethod
@@ -74,7 +79,8 @@ class Cell:
         scenario read as the plain cell they measured."""
         return cls(data["model"], data["format"], data["backend"], data["precision"],
                    dims=tuple((data.get("dims") or {}).items()), threads=int(data.get("threads") or 0),
-                   shapes=data.get("shapes") or STATIC, scenario=data.get("scenario") or SINGLE_STREAM)
+                   shapes=data.get("shapes") or STATIC, scenario=data.get("scenario") or SINGLE_STREAM,
+                   target=str(data.get("target") or ""))
 
 
 @dataclass

@@ -35,7 +35,7 @@ def model_key(result: Result) -> str:
     batch of 8 is not compared with a batch of 1 by latency), and its machine in a merged matrix
     (speeds of two machines are not compared)."""
     name = " ".join(filter(None, (result.cell.model, result.cell.variant)))
-    return f"{name} @ {result.machine_id}" if result.machine_id else name
+    return f"{name} @ {result.machine_id}" if result.machine_id and not result.cell.target else name
 
 
 @dataclass
@@ -247,7 +247,7 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         lines.append("")
         lines.append(f"not run ({len(others)}):")
         for r in others:
-            where = f" @ {r.machine_id}" if r.machine_id else ""
+            where = f" @ {r.machine_id}" if r.machine_id and not r.cell.target else ""
             lines.append(f"  {r.status:8} {r.cell.id}{where}: {r.reason or 'no reason given'}")
     if any(group.best for group in groups):
         lines.append("")
