@@ -95,12 +95,15 @@ def test_an_artifact_already_on_the_device_is_not_sent_again(server, client_home
     assert sorted((server.home / "bench" / "artifacts").rglob("model.onnx")) == sent
 
 
-def _device_workers() -> list[psutil.Process]:
+def _device_workers(home: Path) -> list[psutil.Process]:
+    """The device workers the test server started: their working folder is under its login folder."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "deploybench.harness.pipeline.worker" in cmdline and "--device" in cmdline:
-            found.append(process)
+        try:
+            if "--device" in (process.info["cmdline"] or []) and process.cwd().startswith(str(home)):
+                found.append(process)
+        except psutil.Error:
+            continue
     return found
 
 
@@ -128,10 +131,14 @@ def _cell(backend: str = "onnxruntime", precision: str = "fp32") -> Cell:
 def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(server, client_home):
     def kill_in_timing(cell, stage):
         if cell.precision == "fp32" and stage == "time":
-            for process in _device_workers():
+            for process in _device_workers(server.home):
                 process.kill()
 
     first, second = _remote_run(server, [_cell(), _cell(precision="int8")], kill_in_timing)
+    deadline = time.monotonic() + 10
+    while _device_workers(server.home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _device_workers(server.home)  # the run closed: nothing left running on the device
     assert (first.status, first.stage) == ("failed", "time")
     assert first.reason == "time: worker killed by SIGKILL on box"
     assert second.status == "ok", second.reason
@@ -212,3 +219,11 @@ def test_the_pytest_plugin_runs_the_same_cells_on_a_target(pytester, server, cli
     (cell,) = document["cells"]
     assert cell["target"] == "box" and cell["status"] == "ok" and cell["peak_rss_mb"] > 0
     assert cell["machine_id"] == document["machine"]["machine_id"] and document["machine"]["target"] == "box"
+
+
+def test_an_unknown_or_repeated_target_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml defines a target here
+    assert main(["run", "--models", "digits_cnn", "--target", "pi", "--no-progress"]) == 2
+    assert "unknown target pi (none is defined)" in capsys.readouterr().err
+    assert main(["run", "--models", "digits_cnn", "--target", "local", "--target", "local"]) == 2
+    assert "--target names a machine twice: local, local" in capsys.readouterr().err

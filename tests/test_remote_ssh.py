@@ -350,3 +350,56 @@ def test_openssh_sshd_serves_the_same_transport_and_probe(openssh, keys, client_
     subprocess.run(command.replace("~", str(client_home)), shell=True, check=True, capture_output=True, timeout=30)
     with SshTransport(device, timeout=10) as transport:
         assert transport.run("echo trusted now").stdout == b"trusted now\n"
+
+
+def test_openssh_sshd_runs_cells_on_the_target_and_a_killed_worker_is_that_cells_failure(openssh, keys, client_home,
+                                                                                          tmp_path):
+    """The same run through OpenSSH's sshd: cells measured there, a device worker killed mid-cell reported with
+    the signal (sshd sends it as exit-signal), and no device worker left behind when the run ends."""
+    import psutil
+
+    from deploybench.harness.pipeline.matrix import open_workers
+    from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices
+    from deploybench.harness.pipeline.settings import RunSettings, TimingRules
+    from deploybench.spec import Cell
+
+    host_key = keys["host"].export_public_key().decode().strip()
+    (client_home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{openssh} {host_key}\n")
+    device = Target(name="openssh", host="127.0.0.1", port=openssh, python=sys.executable,
+                    workdir=str(tmp_path / "device"))
+
+    def device_workers():  # this test's own: their working folder is its device folder
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if "--device" in (process.info["cmdline"] or []) and process.cwd() == str(tmp_path / "device"):
+                    found.append(process)
+            except psutil.Error:
+                continue
+        return found
+
+    def kill_in_timing(stage):
+        if stage == "time":
+            for process in device_workers():
+                process.kill()
+
+    settings = RunSettings(timing=TimingRules(min_time_s=0.2, min_samples=10, warmup_count=3), timeout_s=60)
+    (info, local), = open_workers(["digits_cnn"], settings)
+    devices = open_devices([device], settings)
+    remote = RemoteWorker(local, devices[0], settings)
+    try:
+        killed = remote.run_cell(Cell("digits_cnn", "onnx", "onnxruntime", "fp32", target="openssh"),
+                                 on_stage=kill_in_timing)
+        measured = remote.run_cell(Cell("digits_cnn", "onnx", "openvino", "int8", target="openssh"))
+    finally:
+        remote.close()
+        local.close()
+        devices[0].close()
+    assert (killed.status, killed.reason) == ("failed", "time: worker killed by SIGKILL on openssh")
+    assert measured.status == "ok", measured.reason
+    assert measured.accuracy.reference == "torch fp32 eager" and measured.accuracy.metric_value > 0.9
+    assert (tmp_path / "device" / "artifacts").is_dir()
+    deadline = time.monotonic() + 10
+    while device_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not device_workers()

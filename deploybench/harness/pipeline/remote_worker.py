@@ -102,9 +102,11 @@ class RemoteWorker(Worker):
         if "No module named deploybench" in last or "No module named 'deploybench'" in last:
             return (f"could not start: {target.name} has no deploybench under `{target.python}`; install it there: "
                     f"{target.python} -m pip install 'deploybench[runtime]' and the runtimes to measure")
+        if returncode < 0:  # OpenSSH reports the signal itself
+            return f"killed by {signal_name(-returncode)} on {target.name}"
         if 128 < returncode < 160:  # the shell's way of saying a signal ended the command
             return f"killed by {signal_name(returncode - 128)} on {target.name}"
-        return f"on {target.name} " + super()._exit_text(returncode)
+        return f"{super()._exit_text(returncode)} on {target.name}"
 
     def _answer(self, question: tuple) -> tuple:
         if question[0] != "reference":

@@ -19,6 +19,7 @@ Run as ``python -m deploybench.harness.pipeline.worker``; nothing else is a publ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -263,8 +264,9 @@ class Worker:
         if process is not None:
             self._kill(process)
             process.wait()
-            process.stdout.close()
-            process.stdin.close()
+            for pipe in (process.stdout, process.stdin):
+                with contextlib.suppress(OSError):  # a frame left in the buffer of a pipe nobody reads
+                    pipe.close()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -196,6 +196,10 @@ def targets_to_run(names: list[str], targets_file: str | Path | None) -> list[Ta
     seen = [t.name if t is not None else "local" for t in chosen]
     if len(set(seen)) < len(seen):
         raise DeployBenchError(f"--target names a machine twice: {', '.join(seen)}")
+    import importlib.util
+
+    if any(t is not None and t.transport == "ssh" for t in chosen) and importlib.util.find_spec("asyncssh") is None:
+        raise DeployBenchError("SSH targets need asyncssh: pip install 'deploybench[remote]'")
     return chosen
 
 
