@@ -227,3 +227,13 @@ def test_an_unknown_or_repeated_target_is_one_line_before_anything_runs(tmp_path
     assert "unknown target pi (none is defined)" in capsys.readouterr().err
     assert main(["run", "--models", "digits_cnn", "--target", "local", "--target", "local"]) == 2
     assert "--target names a machine twice: local, local" in capsys.readouterr().err
+
+
+def test_a_target_cell_is_never_re_measured_here_by_the_gate():
+    """An interleaved re-run is on the gating machine: for a cell of a device that would judge the wrong one."""
+    from deploybench.harness.gate.interleave import interleave_results
+    from deploybench.spec import DeployBenchError, Result
+
+    cell = _cell()
+    with pytest.raises(DeployBenchError, match="measured on box, and an interleaved re-run happens on the machine"):
+        interleave_results(Result(cell=cell), Result(cell=cell))

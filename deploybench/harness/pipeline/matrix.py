@@ -231,13 +231,20 @@ def matrix_machine(results: Sequence[Result], here: dict[str, Any], devices: Ite
     """The machine block of a matrix: this machine's when every cell ran here; when some ran on targets,
     ``{machine_id: block}`` of each machine the cells ran on (a merged matrix's form), each block naming its
     target and each cell its ``machine_id``."""
-    machines = {d.machine["machine_id"]: {**d.machine, "target": d.target.name} for d in devices if d.machine}
-    if not machines:
+    machines: dict[str, dict[str, Any]] = {}
+    if any(not r.cell.target for r in results):
+        machines[here["machine_id"]] = {**here, "target": "local"}
+    by_target = {}
+    for device in (d for d in devices if d.machine):
+        key = device.machine["machine_id"]
+        if key in machines:  # one host reached twice (ssh to itself, another Python): kept apart
+            key = f"{key}@{device.target.name}"
+        machines[key] = {**device.machine, "machine_id": key, "target": device.target.name}
+        by_target[device.target.name] = key
+    if not by_target:
         return here
     for result in results:
-        if not result.cell.target:
-            result.machine_id = here["machine_id"]
-            machines.setdefault(here["machine_id"], {**here, "target": "local"})
+        result.machine_id = by_target.get(result.cell.target, here["machine_id"])
     return next(iter(machines.values())) if len(machines) == 1 else machines
 
 

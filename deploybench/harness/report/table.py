@@ -171,12 +171,17 @@ def with_detector_columns(headers: Sequence[str], table: list[list[str]], rows: 
             [[*line[:-1], *_detector_cells(r), line[-1]] for line, r in zip(table, rows)])
 
 
+def _machine_name(key: str, machine: Mapping[str, Any]) -> str:
+    """A machine of a run on targets is named by its target too (``box (3f2a…)``, ``local (3f2a…)``)."""
+    return f"{machine['target']} ({key})" if machine.get("target") else key
+
+
 def machine_line(machine: Mapping[str, Any] | None) -> str:
     """'cpu, arch, N cores, M GiB, os, python'; a merged matrix's ``{machine_id: machine}`` one per id."""
     if not machine:
         return ""
     if "machine_id" not in machine and all(isinstance(v, Mapping) for v in machine.values()):
-        return "; ".join(f"{key}: {machine_line(value)}" for key, value in machine.items())
+        return "; ".join(f"{_machine_name(key, value)}: {machine_line(value)}" for key, value in machine.items())
     parts = [str(machine.get("cpu") or "")]
     if machine.get("arch"):
         parts.append(str(machine["arch"]))
