@@ -144,6 +144,21 @@ def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(s
     assert second.status == "ok", second.reason
 
 
+def test_a_device_worker_gone_between_cells_is_started_again_for_the_next(server, client_home):
+    killed = []
+
+    def kill_when_converting(cell, stage):  # the device's worker is idle while this machine converts
+        if cell.precision == "int8" and stage == "convert" and not killed:
+            for process in _device_workers(server.home):
+                process.kill()
+                process.wait(10)
+                killed.append(process.pid)
+
+    first, second = _remote_run(server, [_cell(), _cell(precision="int8")], kill_when_converting)
+    assert first.status == "ok", first.reason
+    assert killed and second.status == "ok", second.reason
+
+
 def test_the_server_stopping_mid_run_fails_cells_with_reasons_and_no_hang(keys, client_home, tmp_path):
     doomed = Server(tmp_path, keys["root"] / "host_key", keys["root"] / "authorized_keys")
     host_key = keys["host"].export_public_key().decode().strip()
@@ -237,3 +252,9 @@ def test_a_target_cell_is_never_re_measured_here_by_the_gate():
     cell = _cell()
     with pytest.raises(DeployBenchError, match="measured on box, and an interleaved re-run happens on the machine"):
         interleave_results(Result(cell=cell), Result(cell=cell))
+
+
+def test_in_process_models_cannot_go_to_a_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--models", "digits_cnn", "--in-process", "--target", "ssh://pi@192.0.2.1", "--no-progress"]) == 2
+    assert "model digits_cnn runs in this process (in-process (--in-process" in capsys.readouterr().err

@@ -254,6 +254,11 @@ def on_targets(targets: Sequence[Any], opened, cells: Sequence[Cell], settings: 
     worker on each device for each model, sharing the model's worker here (by ``worker_key``)."""
     from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices
 
+    for info, worker in opened:
+        if not isinstance(worker, Worker) and any(t is not None for t in targets):
+            raise DeployBenchError(f"model {info.name} runs in this process ({worker.isolation}); a target's cells "
+                                   "are converted and judged by a worker process here: drop --in-process, or give "
+                                   "the model as a ref a process can resolve (file.py:factory, a model file)")
     devices = open_devices([t for t in targets if t is not None], settings)
     workers = {worker_key(info.name, device.target.name): RemoteWorker(worker, device, settings, verbose)
                for device in devices for info, worker in opened}
