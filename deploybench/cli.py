@@ -253,8 +253,6 @@ def models_command(args: argparse.Namespace) -> int:
 
 def backends_command(args: argparse.Namespace) -> int:
     """``deploybench backends``: each backend, available or why not, formats and precisions."""
-    from tabulate import tabulate
-
     from deploybench.engines import ENGINES, engine_class
 
     rows = []
@@ -267,8 +265,9 @@ def backends_command(args: argparse.Namespace) -> int:
             available, formats, precisions = False, "-", "-"
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         rows.append([name, "yes" if available else "no", detail, formats, precisions])
-    print(tabulate(rows, headers=["backend", "available", "version / why not", "formats", "precisions"],
-                   tablefmt="simple"))
+    from deploybench.harness.report.table import simple_table  # the device has no tabulate: its fallback
+
+    print(simple_table(rows, headers=["backend", "available", "version / why not", "formats", "precisions"]))
     return EXIT_OK
 
 
