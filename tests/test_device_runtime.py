@@ -172,6 +172,37 @@ def test_a_file_model_run_loads_no_host_library_even_where_they_are_installed(ti
     assert loaded == ["onnx"]
 
 
+
+@pytest.mark.parametrize("fmt, backends, runtimes", [
+    pytest.param("onnx", ("onnxruntime", "openvino"), ("onnxruntime", "openvino"), marks=pytest.mark.openvino),
+    pytest.param("openvino", ("openvino",), ("openvino",), marks=pytest.mark.openvino),
+    pytest.param("tflite", ("tflite",), ("ai-edge-litert",), marks=[pytest.mark.tflite, pytest.mark.slow]),
+])
+def test_artifacts_converted_on_the_host_run_on_the_device(fmt, backends, runtimes, tmp_path):
+    """What ``run --target`` ships: a zoo model converted here (deploy_model), its file run there, judged against
+    the file's own fp32 run on the device (the classification task travels in the artifact's sidecar)."""
+    from deploybench.converters import deploy_model
+    from deploybench.resolve import get_model
+
+    artifact = deploy_model(get_model("digits_cnn"), fmt)
+    python = device_venv(tmp_path / "venv", runtimes)
+    worker = DeviceWorker(python, tmp_path)
+    try:
+        worker.ask("open", ModelSource(ref=str(artifact.path)), False)
+        info = worker.ask("info")
+        results = [worker.ask("cell", Cell(info.name, fmt, backend, "fp32"), QUICK, ("time", "memory", "accuracy"))
+                   for backend in backends]
+        loaded = worker.ask("call", "deploybench.harness.measure.machine:imported_packages", (HOST_ONLY,))
+    finally:
+        worker.close()
+    assert info.task == "classification" and not info.torch_source
+    for result in results:
+        assert result.ok, f"{result.cell.id}: {result.reason}"
+        assert result.peak_rss_mb > 0 and result.latency_ms.n >= 20
+        assert result.accuracy.top1_agreement == 1.0
+        assert result.accuracy.reference == f"{runtimes[0].replace('ai-edge-litert', 'tflite')} fp32 ({fmt} file)"
+    assert loaded == []
+
 def _graph_model(nodes, inputs, outputs, initializers, props=None):
     from onnx import helper
 
