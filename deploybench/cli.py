@@ -233,8 +233,7 @@ def recommend_command(args: argparse.Namespace) -> int:
 
 def models_command(args: argparse.Namespace) -> int:
     """``deploybench models``: the zoo, one row per model."""
-    from tabulate import tabulate
-
+    from deploybench.harness.report.table import simple_table  # the device has no tabulate: its fallback
     from deploybench.models import MODELS
     from deploybench.resolve import get_model
 
@@ -247,7 +246,7 @@ def models_command(args: argparse.Namespace) -> int:
             continue
         inputs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))} {t.dtype}" for t in spec.inputs)
         rows.append([name, spec.task, inputs, spec.description])
-    print(tabulate(rows, headers=["model", "task", "inputs", "description"], tablefmt="simple"))
+    print(simple_table(rows, headers=["model", "task", "inputs", "description"]))
     return EXIT_OK
 
 
