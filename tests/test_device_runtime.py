@@ -209,6 +209,27 @@ def test_artifacts_converted_on_the_host_run_on_the_device(fmt, backends, runtim
         assert result.accuracy.reference == f"{runtimes[0].replace('ai-edge-litert', 'tflite')} fp32 ({fmt} file)"
     assert loaded == []
 
+
+@pytest.mark.openvino
+def test_an_int8_file_quantized_on_the_host_is_timed_on_the_device_as_it_is(device_python, tmp_path):
+    """An int8 cell of a file that is already int8 runs the file (no second quantization, which needs onnx)."""
+    from deploybench.converters import deploy_model
+    from deploybench.resolve import get_model
+
+    int8 = deploy_model(get_model("digits_cnn"), "onnx", precision="int8")
+    as_file = ModelSource(ref=str(int8.path))
+    assert deploy_model(as_file.resolve(), "onnx", precision="int8").path == int8.path
+    worker = DeviceWorker(device_python, tmp_path)
+    try:
+        worker.ask("open", as_file, False)
+        results = [worker.ask("cell", Cell("model", "onnx", backend, "int8"), QUICK, ("time", "memory"))
+                   for backend in ("onnxruntime", "openvino")]
+    finally:
+        worker.close()
+    for result in results:
+        assert result.ok, f"{result.cell.id}: {result.reason}"
+        assert result.precision_ran.startswith("int8") and result.peak_rss_mb > 0 and result.latency_ms.n >= 20
+
 def _graph_model(nodes, inputs, outputs, initializers, props=None):
     from onnx import helper
 

@@ -43,8 +43,11 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
     spec = _as_spec(model, example_inputs)
     _check_torch(spec)
     convert = CONVERTERS.get(target)
-    if spec.factory is None and spec.source_format == target and precision == "fp32":
-        return artifact_from_path(spec.source_path)
+    if spec.factory is None and spec.source_format == target:
+        artifact = artifact_from_path(spec.source_path)
+        # a file already in the asked precision (an int8 file a host quantized for a device) is its own artifact
+        if precision in ("fp32", artifact.precision):
+            return artifact
     store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
     options = {**cpu_defaults(target, precision), **accuracy_defaults(spec, precision), **options}
     from .pytorch import trust_folder
