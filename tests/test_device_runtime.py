@@ -93,6 +93,26 @@ def test_the_device_venv_has_no_torch(device_python):
     assert done.returncode == 0, done.stderr
 
 
+
+def test_every_module_but_the_pytest_edge_imports_on_the_device(ort_only_python):
+    """pytest is a host library: only the plugin and the suite (the pytest edge) may need it."""
+    done = subprocess.run([str(ort_only_python), "-c", """if True:
+        import importlib, pkgutil, sys, deploybench
+        failed = []
+        for info in pkgutil.walk_packages(deploybench.__path__, "deploybench."):
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:
+                failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
+        print("\\n".join(failed))
+        print(sorted(name for name in %r if name in sys.modules))
+    """ % (HOST_ONLY,)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *failed, loaded = done.stdout.strip().splitlines()
+    assert failed == ["deploybench.harness.plugin: ModuleNotFoundError: No module named 'pytest'",
+                      "deploybench.harness.suite: ModuleNotFoundError: No module named 'pytest'"]
+    assert loaded == "[]"
+
 def test_a_closure_that_pulls_torch_is_refused():
     from packaging.requirements import Requirement
 
