@@ -314,6 +314,10 @@ def test_an_onnx_file_with_external_data_is_refused_without_onnx(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\xff" * 40)
     with pytest.raises(DeployBenchError, match="junk.onnx is not a readable ONNX model"):
         _read_without_onnx(tmp_path / "junk.onnx")
+    whole = (tmp_path / "big.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DeployBenchError, match=r"cut.onnx is not a readable ONNX model \(field 7 runs past the end"):
+        _read_without_onnx(tmp_path / "cut.onnx")
 
 
 def test_tables_and_nms_need_neither_tabulate_nor_opencv(monkeypatch):

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 from ..spec import DeployBenchError
 
-# ModelProto / GraphProto / ... field numbers, from onnx.proto3 (stable since IR version 3)
-_GRAPH = {1: "node", 5: "initializer", 11: "input", 12: "output"}
+# The field numbers below are onnx.proto3's (ModelProto graph 7, opset_import 8, metadata_props 14; GraphProto
+# node 1, initializer 5, input 11, output 12; ...), unchanged since IR version 3.
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
@@ -47,6 +47,8 @@ def _fields(data: memoryview):
             value, at = _varint(data, at)
         elif wire == 2:
             size, at = _varint(data, at)
+            if at + size > len(data):
+                raise ValueError(f"field {number} runs past the end of its message (a truncated file?)")
             value, at = data[at:at + size], at + size
         elif wire in (1, 5):
             value, at = None, at + (8 if wire == 1 else 4)
@@ -125,7 +127,7 @@ def _graph(data: memoryview) -> SimpleNamespace:
         elif number == 5:
             graph.initializer.append(_tensor(value))
         elif number in (11, 12):
-            getattr(graph, _GRAPH[number]).append(_value_info(value))
+            (graph.input if number == 11 else graph.output).append(_value_info(value))
     return graph
 
 
