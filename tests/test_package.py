@@ -119,3 +119,27 @@ def test_a_third_party_backend_is_one_registration(small_cnn_spec, tmp_path):
         np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
     finally:
         ENGINES._targets.pop("onnx-reference")
+
+
+def test_the_base_install_runs_a_device_and_every_test_environment_adds_the_host():
+    """pip extras only add, so torch must stay out of the base for ``deploybench[runtime]`` to be torch-free;
+    everything that converts (make venv, every tox group) must then ask for the host extra."""
+    import configparser
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {Requirement(r).name for r in project["dependencies"]} == {"numpy", "psutil"}
+    assert extras["runtime"] == []
+    assert {"torch", "onnx", "onnxruntime", "pytest"} <= {Requirement(r).name for r in extras["host"]}
+    assert "host" in Requirement(extras["all"][0]).extras
+    tox = configparser.ConfigParser()
+    tox.read(root / "tox.ini")
+    for section in (s for s in tox.sections() if s.startswith("testenv:")):
+        chosen = {e.strip() for e in tox[section]["extras"].split(",")}
+        assert chosen & {"host", "all"}, f"tox {section} runs the tests without the host extra"
+    assert "-e '.[all]'" in (root / "Makefile").read_text()

@@ -83,9 +83,11 @@ class Progress:
         self._bar = None
         self._stage, self._since, self._said = "", 0.0, True
         self._lock, self._done = threading.Lock(), threading.Event()
-        if enabled:
+        try:
             from tqdm import tqdm
-
+        except ImportError:  # a device with only the runtime install: no bar, the table still comes
+            enabled = False
+        if enabled:
             self._bar = tqdm(total=total, file=sys.stderr, unit="cell", dynamic_ncols=True, leave=False)
             threading.Thread(target=self._watch, args=(announce_after,), daemon=True).start()
 
