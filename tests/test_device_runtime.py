@@ -29,11 +29,6 @@ QUICK = RunSettings(timing=TimingRules(warmup_count=2, warmup_s=0.0, min_samples
 
 
 @pytest.fixture(scope="session")
-def device_python(tmp_path_factory) -> Path:
-    return device_venv(tmp_path_factory.mktemp("device") / "venv", ("onnxruntime", "openvino"))
-
-
-@pytest.fixture(scope="session")
 def ort_only_python(tmp_path_factory) -> Path:
     return device_venv(tmp_path_factory.mktemp("device-ort") / "venv", ("onnxruntime",))
 

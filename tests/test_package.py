@@ -33,6 +33,13 @@ def test_import_is_light():
     assert done.stdout.strip() == ""
 
 
+def test_every_lazy_name_of_the_package_resolves():
+    """Each name ``deploybench`` offers lazily is found where its table says (get_model once pointed at the
+    wrong module and raised AttributeError)."""
+    for name in deploybench._LAZY:
+        assert getattr(deploybench, name) is not None, name
+
+
 @pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_public_api_names_import_from_the_package(name):
     value = getattr(deploybench, name)
