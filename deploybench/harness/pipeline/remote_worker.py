@@ -21,7 +21,7 @@ from deploybench.harness.pipeline.plan import ModelInfo
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.harness.pipeline.shipping import Shipment, device_settings
 from deploybench.harness.pipeline.stages import MEASURES
-from deploybench.harness.pipeline.worker import Worker, WorkerDied
+from deploybench.harness.pipeline.worker import MODEL_STAGES, Worker, WorkerDied
 from deploybench.harness.remote.targets import Target
 from deploybench.harness.remote.transport import ConnectError, Transport, TransportError, open_transport
 from deploybench.spec import (STATUS_FAILED, STATUS_SKIPPED, Cell, DeployBenchError, NotSupported, Result)
@@ -123,7 +123,12 @@ class RemoteWorker(Worker):
         if self.local.broken is not None:
             raise self.local.broken
         self.local.open()
-        return self.local._call(message, stage=stage)
+        try:
+            return self.local._call(message, stage=stage)
+        except WorkerDied as died:
+            if died.stage in MODEL_STAGES:  # the model's own crash (its reference): every later cell would meet it
+                self.local.broken = died
+            raise
 
     def open(self) -> ModelInfo:
         self._forget_if_gone()
@@ -176,10 +181,8 @@ class RemoteWorker(Worker):
             self.open()  # started again if it ended while this machine converted
             result = self._call(("shipped-cell", cell, self.settings, tuple(measures), shipment.at(folder)),
                                 stage="", on_stage=on_stage)
-        except WorkerDied as died:
-            if died.stage in ("start", "resolve", "reference") and self._process is None:
-                self.broken = died
-            result.not_run(died.status, died.stage, died.reason)
+        except WorkerDied as died:  # a device worker that could not start is ``broken`` (``open``); one that died
+            result.not_run(died.status, died.stage, died.reason)  # mid-cell is started afresh for the next cell
         except NotSupported as exc:
             result.not_run(STATUS_SKIPPED, stage, str(exc))
         except DeployBenchError as exc:
