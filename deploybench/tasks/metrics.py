@@ -73,7 +73,9 @@ def mean_average_precision(detections: Sequence[Detections], ground_truth: Seque
         truth_api.createIndex()
         found_api = truth_api.loadRes(results)
         evaluation = COCOeval(truth_api, found_api, "bbox")
-        evaluation.params.maxDets = [1, 10, max(100, max(len(d) for d in detections))]
+        # COCO's own [1, 10, 100]: summarize() reads AP@0.5:0.95 at maxDets=100 whatever the list holds,
+        # so a larger last entry (to keep every detection) made it -1, reported as 0, for any image with >100.
+        evaluation.params.maxDets = [1, 10, 100]
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
