@@ -144,6 +144,17 @@ def test_map_perfect_missed_and_wrong_class():
     assert scores["map50_95"] == pytest.approx((1.0 + 0.5) / 2)
 
 
+def test_map_of_an_image_with_more_than_100_detections_is_coco_at_100_per_image():
+    # 100 perfect boxes then 20 strays scored lower: COCO keeps the best 100 per image and class, so the
+    # strays drop out and both figures are 1 (before, AP@0.5:0.95 came back 0 past 100 detections)
+    corners = np.arange(100, dtype=np.float64)[:, None] * 10 + np.array([0, 0, 8, 8])
+    strays = corners[:20] + 1000
+    found = Detections(np.vstack([corners, strays]), np.r_[np.linspace(0.9, 0.5, 100), np.full(20, 0.1)],
+                       np.zeros(120), (2000, 2000))
+    assert mean_average_precision([found], [{"boxes": corners, "class_ids": np.zeros(100)}]) == {
+        "map50": 1.0, "map50_95": 1.0}
+
+
 def test_detection_agreement_counts_matches_losses_and_additions():
     reference = Detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.8, 0.7], [0, 0, 1], (64, 64))
     found = Detections([[0, 0, 10, 11], [40, 40, 50, 50], [5, 50, 15, 60]], [0.85, 0.7, 0.4], [0, 0, 1], (64, 64))

@@ -1,4 +1,4 @@
-"""Detection metrics: COCO mAP with pycocotools, and how far one backend's detections agree with a reference's."""
+"""Detection metrics: COCO mAP (pycocotools, or its numpy twin without it), and how far one backend's detections agree with a reference's."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import DeployBenchError
+from .coco_numpy import Image, coco_bbox_ap
 from .detection import Detections, postprocess
 from .nms import box_iou
 
@@ -34,50 +35,75 @@ def _boxes_and_classes(item: Any) -> tuple[np.ndarray, np.ndarray]:
                            f"got {type(item).__name__}")
 
 
-def mean_average_precision(detections: Sequence[Detections], ground_truth: Sequence[Any]) -> dict[str, float]:
-    """{"map50": COCO AP at IoU 0.5, "map50_95": COCO AP averaged over IoU 0.5:0.95} from pycocotools.
+def _coco_images(detections: Sequence[Detections], ground_truth: Sequence[Any]) -> list[Image]:
+    """Each image's boxes as COCO takes them: (x, y, w, h), w and h subtracted in the boxes' own dtype
+    (float32 for ``Detections``) and then made float64, as ``float(box[2] - box[0])`` does."""
+    def xywh(boxes: np.ndarray) -> np.ndarray:
+        return np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
+                        axis=1).astype(np.float64)
 
-    ``ground_truth[i]`` (a ``Detections`` or ``{"boxes": K×4 xyxy, "class_ids": K}``) belongs to
-    ``detections[i]``. Classes without ground truth are left out of the mean, as COCO does; with no
-    ground truth at all both values are 0.
-    """
+    images = []
+    for found, truth in zip(detections, ground_truth):
+        boxes, class_ids = _boxes_and_classes(truth)
+        images.append(Image(xywh(boxes), class_ids.astype(np.int64), xywh(found.boxes),
+                            found.scores.astype(np.float64), found.class_ids.astype(np.int64)))
+    return images
+
+
+def _pycocotools_ap(images: list[Image], image_sizes: list[tuple[int, int]]) -> tuple[float, float]:
+    """(AP@0.5:0.95, AP@0.5) from pycocotools' COCOeval (stats[0], stats[1])."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if len(detections) != len(ground_truth):
-        raise DeployBenchError(f"{len(detections)} detection sets for {len(ground_truth)} ground-truth images; "
-                               "give one of each per image")
-    images, annotations, results = [], [], []
-    classes: set[int] = set()
-    for image_id, (found, truth) in enumerate(zip(detections, ground_truth), start=1):
-        height, width = found.image_size
-        images.append({"id": image_id, "height": height, "width": width})
-        boxes, class_ids = _boxes_and_classes(truth)
-        for box, cls in zip(boxes, class_ids):
-            w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls),
-                                "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
-            classes.add(int(cls))
-        for box, score, cls in zip(found.boxes, found.scores, found.class_ids):
-            results.append({"image_id": image_id, "category_id": int(cls), "score": float(score),
-                            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
-            classes.add(int(cls))
-    if not annotations:
-        return {"map50": 0.0, "map50_95": 0.0}
-    if not results:
-        return {"map50": 0.0, "map50_95": 0.0}
+    annotations, results, classes = [], [], set()
+    for image_id, (image, (height, width)) in enumerate(zip(images, image_sizes), start=1):
+        for (x, y, w, h), cls in zip(image.gt_boxes.tolist(), image.gt_classes.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            classes.add(cls)
+        for box, score, cls in zip(image.dt_boxes.tolist(), image.dt_scores.tolist(), image.dt_classes.tolist()):
+            results.append({"image_id": image_id, "category_id": cls, "score": score, "bbox": box})
+            classes.add(cls)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         truth_api = COCO()
-        truth_api.dataset = {"images": images, "annotations": annotations,
+        truth_api.dataset = {"images": [{"id": i, "height": h, "width": w}
+                                        for i, (h, w) in enumerate(image_sizes, start=1)],
+                             "annotations": annotations,
                              "categories": [{"id": c, "name": str(c)} for c in sorted(classes)]}
         truth_api.createIndex()
         found_api = truth_api.loadRes(results)
         evaluation = COCOeval(truth_api, found_api, "bbox")
-        evaluation.params.maxDets = [1, 10, max(100, max(len(d) for d in detections))]
+        # COCO's own [1, 10, 100]: summarize() reads AP@0.5:0.95 at maxDets=100 whatever the list holds,
+        # so a larger last entry (to keep every detection) made it -1, reported as 0, for any image with >100.
+        evaluation.params.maxDets = [1, 10, 100]
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    map50_95, map50 = (float(v) for v in evaluation.stats[:2])
+    return float(evaluation.stats[0]), float(evaluation.stats[1])
+
+
+def mean_average_precision(detections: Sequence[Detections], ground_truth: Sequence[Any]) -> dict[str, float]:
+    """{"map50": COCO AP at IoU 0.5, "map50_95": COCO AP averaged over IoU 0.5:0.95} (bbox, at most
+    100 detections per image and class).
+
+    ``ground_truth[i]`` (a ``Detections`` or ``{"boxes": K×4 xyxy, "class_ids": K}``) belongs to
+    ``detections[i]``. Classes without ground truth are left out of the mean, as COCO does; with no
+    ground truth at all both values are 0. pycocotools computes it where it is installed (the host);
+    elsewhere (a device install) ``coco_numpy`` does, to the same bits.
+    """
+    if len(detections) != len(ground_truth):
+        raise DeployBenchError(f"{len(detections)} detection sets for {len(ground_truth)} ground-truth images; "
+                               "give one of each per image")
+    images = _coco_images(detections, ground_truth)
+    if not any(len(image.gt_boxes) for image in images) or not any(len(image.dt_boxes) for image in images):
+        return {"map50": 0.0, "map50_95": 0.0}
+    try:
+        import pycocotools.coco  # noqa: F401
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        map50_95, map50 = coco_bbox_ap(images, max_dets=100)
+    else:
+        map50_95, map50 = _pycocotools_ap(images, [found.image_size for found in detections])
     return {"map50": max(map50, 0.0), "map50_95": max(map50_95, 0.0)}
 
 
@@ -127,7 +153,7 @@ def detection_agreement(detections: Detections | Sequence[Detections],
 def evaluate_detection(infer, inputs: Mapping[str, np.ndarray], truths: Sequence[Any], config: Mapping[str, Any],
                        limit: int | None = None) -> dict[str, Any]:
     """{"metric": "map50", "value": mAP@0.5, "map50_95": mAP@0.5:0.95, "n": images}: each input image
-    (already at the model's input size) run alone, post-processed, scored with pycocotools."""
+    (already at the model's input size) run alone, post-processed, scored as COCO does."""
     count = len(truths) if limit is None else min(int(limit), len(truths))
     if count == 0:
         raise DeployBenchError("detection eval_data has no images; give at least one image with its boxes")
