@@ -95,14 +95,16 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
     int8 cell calibrated on ``settings.calibration_data`` when given; an int8ac artifact holding the very
     criteria the cell is judged by (the run's tolerance overrides included)."""
     from deploybench.converters import deploy_model, torch_artifact
+    from deploybench.harness.pipeline.variant import calibration_options, cell_model
 
+    spec = cell_model(spec, cell)
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
     if cell.precision in INT8_PRECISIONS and settings.calibration_data and not spec.calibration_source:
         from deploybench.converters.calibration import use_calibration_file
 
         use_calibration_file(spec, settings.calibration_data)
-    options = {}
+    options = calibration_options(cell)
     if cell.precision == "int8ac":
         from deploybench.converters.accuracy_control import int8_criteria
 
@@ -172,6 +174,9 @@ def measure_memory(session: ModelSession, cell: Cell, artifact: Artifact, settin
     from deploybench.harness.measure.memory import benchmark_memory_usage
 
     source = session.source
+    if cell.format == "torch" and cell.prune:  # a fresh process rebuilds the model from its source: unpruned
+        result.extra["memory"] = "not measured: the memory child rebuilds the unpruned model"
+        return
     if cell.format == "torch" and source is None:
         try:
             source = ModelSource.of(session.spec)
