@@ -109,6 +109,7 @@ class Recommendation:
     models: list[ModelRecommendation]
     machine: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    search: list[str] = field(default_factory=list)  # a search's account: what it tried, where and why it stopped
 
     @property
     def fits(self) -> bool:
