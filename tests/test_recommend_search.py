@@ -19,17 +19,17 @@ from deploybench.harness.recommend.search_run import parse_duration, search_loop
 from deploybench.spec import (Accuracy, Cell, DeployBenchError, LatencyStats, NotSupported, Result, ToleranceCheck)
 
 
-def latency(median: float) -> LatencyStats:
-    return LatencyStats(n=50, mean=median, median=median, p90=median, p95=median, p99=median * 1.5,
-                        min=median * 0.9, max=median * 2, stdev=0.1, cv=0.1, iqr=0.05)
+def latency(median: float, iqr: float = 0.05, n: int = 50) -> LatencyStats:
+    return LatencyStats(n=n, mean=median, median=median, p90=median, p95=median, p99=median * 1.5,
+                        min=median * 0.9, max=median * 2, stdev=0.1, cv=0.1, iqr=iqr)
 
 
 def measured(cell: Cell, median: float = 1.0, cosine: float = 1.0, size: float = 10.0, metric=None,
-             passes: bool = True, status: str = "ok", reason: str = "") -> Result:
+             passes: bool = True, status: str = "ok", reason: str = "", iqr: float = 0.05, n: int = 50) -> Result:
     """A result of ``cell`` with the figures the search weighs (accuracy drop = 1 - cosine without a metric)."""
     accuracy = Accuracy(cosine=cosine, reference="torch fp32 eager", metric="top1_accuracy" if metric else None,
                         metric_value=metric)
-    result = Result(cell=cell, latency_ms=latency(median), throughput_ips=1000 / median, peak_rss_mb=100.0,
+    result = Result(cell=cell, latency_ms=latency(median, iqr, n), throughput_ips=1000 / median, peak_rss_mb=100.0,
                     artifact_bytes=int(size * 1e6), accuracy=accuracy,
                     tolerance=ToleranceCheck(passes, "passes" if passes else "cosine below the tolerance"))
     return result if status == "ok" else result.not_run(status, "convert", reason)
@@ -189,6 +189,14 @@ def test_a_prune_step_within_the_noise_closes_the_line_unless_a_size_budget_want
     assert next_cells([FP32], results, with_size, SPACE).cells == [step(FP32, prune=0.25)]
 
 
+def test_a_gain_inside_the_medians_own_intervals_is_no_gain():
+    steady = [measured(FP32, median=1.0), measured(step(FP32, prune=0.1), median=0.85)]
+    assert next_cells([FP32], steady, BUDGET, SPACE).cells == [step(FP32, prune=0.25)]
+    noisy = [measured(FP32, median=1.0, iqr=1.0, n=9), measured(step(FP32, prune=0.1), median=0.85)]
+    decision = next_cells([FP32], noisy, BUDGET, SPACE)
+    assert decision.cells == [] and "no gain" in decision.stops[0].reason
+
+
 def test_no_pruning_without_an_accuracy_budget_nor_on_a_line_whose_base_already_breaks_it():
     results = [measured(FP32), measured(INT8, cosine=0.95)]
     decision = next_cells([FP32, INT8], results, Budgets(), SPACE)
@@ -225,8 +233,16 @@ def test_larger_calibration_sets_only_where_int8_missed_accuracy_and_only_while_
 
 def test_the_recommendation_weighs_a_pruned_cell_by_the_accuracy_budget_not_the_tolerance():
     rows = [measured(FP32, median=2.0), measured(step(FP32, prune=0.25), median=1.0, cosine=0.995, passes=False)]
-    assert recommend(rows, BUDGET).models[0].recommended.cell_id == step(FP32, prune=0.25).id
+    answer = recommend(rows, BUDGET).models[0]
+    assert answer.recommended.cell_id == step(FP32, prune=0.25).id
+    assert "--prune 0.25" in answer.command
     assert recommend(rows, Budgets()).models[0].recommended.cell_id == FP32.id
+
+
+def test_the_reproduce_command_of_a_calibrated_cell_names_its_size():
+    from deploybench.harness.recommend.recommendation import run_command_line
+
+    assert "--calibration-samples 256" in run_command_line(measured(step(INT8, calibration=256)))
 
 
 # ---- the time budget, on a made-up clock -----------------------------------------------------------------

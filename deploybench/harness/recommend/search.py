@@ -13,7 +13,10 @@ The rules, each because of what the dimension can and cannot do:
   A line stops at the first amount that breaks the accuracy budget (more pruning removes more channels,
   it cannot win accuracy back) or that does not beat the best of its line so far by more than the noise
   (on the ranking figure, or on size or memory when a budget is set on them; an artifact that is smaller
-  without a size budget to meet is no reason to prune further). Without an accuracy budget pruning is not
+  without a size budget to meet is no reason to prune further). The noise is a floor (``NOISE``, what two
+  runs of one cell differ by on a shared machine) and, by median, the two medians' own 95% intervals:
+  a gain must clear both. Neither sees the machine's load change between two cells; only interleaving
+  (``deploybench compare``) does, so a recommendation resting on a small gain says so (``caveats``). Without an accuracy budget pruning is not
   explored: a pruned model can never keep its precision's tolerance, so it could never be recommended.
 - Larger calibration sets are tried only on int8 lines whose base missed the accuracy budget (or its
   tolerance), in increasing size; a line stops at the first size that meets the budget (larger sets cost
@@ -28,7 +31,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from deploybench.harness.recommend.budgets import THROUGHPUT, Budgets
+from deploybench.harness.recommend.budgets import MEDIAN, THROUGHPUT, Budgets
 from deploybench.harness.recommend.decide import DROP_RESOLUTION, broken_budgets, rank_value
 from deploybench.harness.recommend.figures import CellFigures, cell_figures, group_key
 from deploybench.spec import INT8_PRECISIONS, Cell, DeployBenchError, Result
@@ -166,13 +169,25 @@ def _next_prune(line: Cell, measured, figures, budgets: Budgets, space: SearchSp
 
 def _gain(step: CellFigures, best: CellFigures, budgets: Budgets, noise: float) -> bool:
     """Whether ``step`` beats ``best`` by more than ``noise``: on the ranking figure, or on a figure a budget
-    limits (size, peak memory)."""
+    limits (size, peak memory). By median, it must also beat the two medians' own uncertainty."""
     pairs = [(rank_value(step, budgets), rank_value(best, budgets))]
     if budgets.size_mb is not None:
         pairs.append((step.size_mb, best.size_mb))
     if budgets.peak_mb is not None:
         pairs.append((step.peak_mb, best.peak_mb))
-    return any(new is not None and old is not None and new < old - noise * abs(old) for new, old in pairs)
+    gains = [new is not None and old is not None and new < old - noise * abs(old) for new, old in pairs]
+    if gains[0] and budgets.rank_by == MEDIAN:
+        gains[0] = step.median_ms + median_halfwidth(step) < best.median_ms - median_halfwidth(best)
+    return any(gains)
+
+
+def median_halfwidth(figures: CellFigures) -> float:
+    """The half-width of the median's 95% interval, 1.57 IQR / sqrt(n) (McGill, Tukey and Larsen's notches):
+    what the measurement itself says about its median, from the typed latency figures."""
+    latency = figures.result.latency_ms
+    if latency is None or not latency.n:
+        return 0.0
+    return 1.57 * latency.iqr / latency.n ** 0.5
 
 
 def _compare(step: CellFigures, best: CellFigures, budgets: Budgets, noise: float) -> str:
@@ -181,7 +196,9 @@ def _compare(step: CellFigures, best: CellFigures, budgets: Budgets, noise: floa
         return f"{budgets.rank_by} not measured"
     unit = "items/s" if budgets.rank_by == THROUGHPUT else "ms"
     sizes = f", size {step.size_mb:.3g} against {best.size_mb:.3g} MB" if step.size_mb and best.size_mb else ""
-    return f"{budgets.rank_by} {abs(new):.4g} against {abs(old):.4g} {unit}{sizes}; noise ±{noise:.0%}"
+    spread = (f" ±{median_halfwidth(step):.2g} against ±{median_halfwidth(best):.2g} (95% intervals) "
+              if budgets.rank_by == MEDIAN else " ")
+    return f"{budgets.rank_by} {abs(new):.4g} against {abs(old):.4g} {unit}{spread}{sizes}; noise floor {noise:.0%}"
 
 
 def _next_calibration(line: Cell, measured, figures, budgets: Budgets, space: SearchSpace
