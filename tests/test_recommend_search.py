@@ -239,6 +239,16 @@ def test_the_recommendation_weighs_a_pruned_cell_by_the_accuracy_budget_not_the_
     assert recommend(rows, Budgets()).models[0].recommended.cell_id == FP32.id
 
 
+def test_every_rendering_of_a_recommendation_carries_the_search_account():
+    clock = Clock()
+    outcome = search_loop([FP32, OV], fake_run(clock, 10.0), BUDGET, SPACE, budget_s=35.0, clock=clock)
+    answer = recommend(outcome.results, BUDGET)
+    answer.search = outcome.lines()
+    left = next_cells([FP32, OV], outcome.results, BUDGET, SPACE).cells[0].id
+    for text in (answer.table(), answer.markdown(), answer.html(), json.dumps(answer.to_dict())):
+        assert "3 cells measured" in text and left in text
+
+
 def test_the_reproduce_command_of_a_calibrated_cell_names_its_size():
     from deploybench.harness.recommend.recommendation import run_command_line
 

@@ -268,6 +268,9 @@ def html_recommendation(recommendation: Recommendation) -> str:
         if shown:
             table = _html_table(REJECTED_HEADERS, rejected_rows(shown))
             parts.append(f"<details><summary>{_e(title)}</summary>{table}</details>" if answer.fits else table)
+    if recommendation.search:
+        items = "".join(f"<li>{_e(line.strip())}</li>" for line in recommendation.search[1:])
+        parts.append(f"<p>{_e(recommendation.search[0])}</p><ul class='reasons'>{items}</ul>")
     return "\n".join(parts)
 
 

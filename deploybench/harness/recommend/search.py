@@ -196,8 +196,8 @@ def _compare(step: CellFigures, best: CellFigures, budgets: Budgets, noise: floa
         return f"{budgets.rank_by} not measured"
     unit = "items/s" if budgets.rank_by == THROUGHPUT else "ms"
     sizes = f", size {step.size_mb:.3g} against {best.size_mb:.3g} MB" if step.size_mb and best.size_mb else ""
-    spread = (f" ±{median_halfwidth(step):.2g} against ±{median_halfwidth(best):.2g} (95% intervals) "
-              if budgets.rank_by == MEDIAN else " ")
+    spread = (f" (±{median_halfwidth(step):.2g} and ±{median_halfwidth(best):.2g}, 95% intervals)"
+              if budgets.rank_by == MEDIAN else "")
     return f"{budgets.rank_by} {abs(new):.4g} against {abs(old):.4g} {unit}{spread}{sizes}; noise floor {noise:.0%}"
 
 
