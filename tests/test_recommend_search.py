@@ -320,3 +320,34 @@ def test_a_real_search_on_digits_cnn_lists_every_cell_it_tried(tmp_path, capsys)
     assert "search:" in text
     assert {line.split(" prune")[0].strip() for line in tried if " prune:" in line} == {
         "digits_cnn-onnx-onnxruntime-fp32", "digits_cnn-onnx-onnxruntime-int8"}
+
+
+@pytest.mark.slow
+def test_the_api_search_returns_a_recommendation_with_its_account():
+    from deploybench.harness.measure.timing import TimingRules
+    from deploybench.harness.pipeline.settings import MemoryRules
+    from deploybench.harness.recommend.search_run import search_recommend
+
+    settings = RunSettings(threads=1, in_process=True, timing=TimingRules(min_time_s=0.2, min_samples=10),
+                           memory=MemoryRules(enabled=False))
+    answer = search_recommend("digits_cnn", {"accuracy_drop": "1%"}, search_time="2m", backends=["onnxruntime"],
+                              precisions=["fp32"], settings=settings, space=SearchSpace(prunes=(0.5,)),
+                              progress=False)
+    (model,) = answer.models
+    tried = {f.cell_id for f in model.front} | {r.figures.cell_id for r in model.rejected} | \
+        {d.figures.cell_id for d in model.dominated}
+    assert tried == {"digits_cnn-onnx-onnxruntime-fp32", "digits_cnn-onnx-onnxruntime-fp32-pr50"}
+    # half of digits_cnn's channels, not fine-tuned, cannot keep one point of top-1
+    assert model.recommended.cell_id == "digits_cnn-onnx-onnxruntime-fp32"
+    assert any("50%" in line and "cannot win accuracy back" in line for line in answer.search)
+
+
+def test_search_time_is_refused_with_a_results_file_and_checked_before_anything_runs(tmp_path, capsys):
+    from deploybench.harness.results.io import results_document, write_results
+
+    path = write_results(tmp_path / "results.json", results_document([measured(FP32)], {}, {}))
+    assert main(["recommend", str(path), "--search-time", "5m"]) == 2
+    assert "--search-time runs the cells it chooses" in capsys.readouterr().err
+    assert main(["recommend", "--models", "digits_cnn", "--search-time", "soon"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--search-time" in err[0]
