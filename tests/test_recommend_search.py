@@ -351,3 +351,22 @@ def test_search_time_is_refused_with_a_results_file_and_checked_before_anything_
     assert main(["recommend", "--models", "digits_cnn", "--search-time", "soon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--search-time" in err[0]
+
+
+def test_a_larger_calibration_set_never_takes_the_samples_that_judge_int8(small_cnn_spec, tmp_path):
+    import numpy as np
+
+    from deploybench.converters.accuracy_control import validation_samples
+    from deploybench.converters.calibration import calibration_inputs
+    from deploybench.harness.measure.accuracy import held_out_samples
+
+    name = small_cnn_spec.input_names[0]
+    spec = dataclasses.replace(small_cnn_spec, name="numbered", calibration_data=lambda n: [
+        {name: np.full((1, 3, 16, 16), i, np.float32)} for i in range(n)])
+    number = lambda sample: int(sample[name].flat[0])  # noqa: E731
+    calibrated = {number(s) for s in calibration_inputs(spec, 256, cache_dir=tmp_path).samples}
+    judged = {number(s) for s in held_out_samples(spec)}
+    validated = {number(s) for s in validation_samples(spec, calibration_size=256)[0]}
+    assert len(calibrated) == 256 and judged and validated
+    assert not calibrated & judged and not calibrated & validated and not judged & validated
+    assert {number(s) for s in calibration_inputs(spec, 64, cache_dir=tmp_path).samples} == set(range(64))
