@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .harness.pipeline.settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, DEFAULT_PRECISIONS, add_options,
                                         settings_from_options)
@@ -140,6 +141,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, models_default: str | Non
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--verbose", action="store_true",
                         help="show what the workers print: converters' own warnings and log lines (hidden by default)")
+    parser.add_argument("--target", action="append", default=None, metavar="NAME",
+                        help="measure on this machine instead of here: a name of [tool.deploybench.targets] or "
+                             "ssh://user@host[:port]; `local` is this machine; repeat for several (see `deploybench "
+                             "targets`); the cells of each get @NAME")
+    parser.add_argument("--targets-file", type=Path, default=None, metavar="FILE.toml",
+                        help="more targets, one [NAME] table each, as in [tool.deploybench.targets]")
     if mlflow:
         parser.add_argument("--mlflow", metavar="URI", default=None,
                             help="also log every cell as an MLflow run to this tracking URI (needs deploybench[mlflow])")
@@ -163,9 +170,12 @@ def run_matrix(args: argparse.Namespace):
     shard = parse_shard(args.shard) if args.shard else None
     request = run_request(args)
     resume = Matrix.load(args.resume) if args.resume else None
+    from .harness.remote.targets import targets_to_run
+
+    targets = targets_to_run(args.target, args.targets_file) if args.target else ()
     stop_on_sigterm()
     return run_deployment_benchmark(**request, progress=not args.no_progress, shard=shard, verbose=args.verbose,
-                                    resume=resume)
+                                    resume=resume, targets=targets)
 
 
 def search_matrix(args: argparse.Namespace):

@@ -64,3 +64,7 @@ def small_cnn_spec():
     net = make_small_cnn()
     return model_from_module(net, np.zeros((1, 3, 16, 16), np.float32), name="small_cnn", output_names=["logits"],
                              task="classification")
+
+
+# The SSH server and client HOME of the remote tests (tests/ssh_fixtures.py).
+from ssh_fixtures import client_home, keys, server  # noqa: E402,F401

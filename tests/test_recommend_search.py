@@ -348,6 +348,8 @@ def test_search_time_is_refused_with_a_results_file_and_checked_before_anything_
     path = write_results(tmp_path / "results.json", results_document([measured(FP32)], {}, {}))
     assert main(["recommend", str(path), "--search-time", "5m"]) == 2
     assert "--search-time runs the cells it chooses" in capsys.readouterr().err
+    assert main(["recommend", "--models", "digits_cnn", "--search-time", "5m", "--target", "local"]) == 2
+    assert "this machine only" in capsys.readouterr().err
     assert main(["recommend", "--models", "digits_cnn", "--search-time", "soon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--search-time" in err[0]

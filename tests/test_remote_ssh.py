@@ -8,7 +8,6 @@ known_hosts and ~/.ssh/config from a temporary HOME. No fake stands in for the t
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -17,7 +16,6 @@ import threading
 import time
 import venv
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
@@ -30,72 +28,7 @@ from deploybench.harness.remote.ssh import CONNECTION_LOST, SshTransport  # noqa
 from deploybench.harness.remote.targets import Target  # noqa: E402
 from deploybench.harness.remote.transport import ConnectError, TransportError  # noqa: E402
 
-SERVER = Path(__file__).with_name("ssh_server.py")
-
-
-def _key(path: Path):
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    key.write_private_key(str(path))
-    path.chmod(0o600)  # as ssh-keygen leaves it; ssh-add refuses a key others can read
-    key.write_public_key(str(path) + ".pub")
-    return key
-
-
-class Server:
-    """tests/ssh_server.py in its own process: ``port``, ``home`` (its login folder), ``stop()``."""
-
-    def __init__(self, root: Path, host_key: Path, authorized: Path):
-        self.home = root / "device-home"
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen([sys.executable, str(SERVER), str(host_key), str(authorized), str(self.home)],
-                                        stdout=subprocess.PIPE, start_new_session=True)
-        ready, _, _ = select.select([self.process.stdout], [], [], 20)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"the test SSH server did not start: {line!r}")
-        self.port = int(line.split()[1])
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, 9)  # the server and every command it started
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ssh-keys")
-    host, user, stranger = _key(root / "host_key"), _key(root / "user_key"), _key(root / "stranger_key")
-    (root / "authorized_keys").write_bytes(user.export_public_key())
-    return dict(root=root, host=host, user=user, stranger=stranger)
-
-
-@pytest.fixture(scope="module")
-def server(keys):
-    running = Server(keys["root"], keys["root"] / "host_key", keys["root"] / "authorized_keys")
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def client_home(tmp_path, monkeypatch, keys, server):
-    """A user's HOME with ~/.ssh/id_ed25519 and a known_hosts that trusts the server; no agent."""
-    home = tmp_path / "client-home"
-    (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "id_ed25519").write_bytes((keys["root"] / "user_key").read_bytes())
-    (home / ".ssh" / "id_ed25519").chmod(0o600)
-    host_key = keys["host"].export_public_key().decode().strip()
-    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {host_key}\n")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return home
-
-
-def target(server, **fields) -> Target:
-    fields.setdefault("python", sys.executable)
-    return Target(name=fields.pop("name", "box"), host="127.0.0.1", port=server.port, **fields)
+from ssh_fixtures import Server, target  # noqa: E402 (the fixtures come from conftest.py)
 
 
 # ---- the transport -----------------------------------------------------------------------------------
@@ -417,3 +350,56 @@ def test_openssh_sshd_serves_the_same_transport_and_probe(openssh, keys, client_
     subprocess.run(command.replace("~", str(client_home)), shell=True, check=True, capture_output=True, timeout=30)
     with SshTransport(device, timeout=10) as transport:
         assert transport.run("echo trusted now").stdout == b"trusted now\n"
+
+
+def test_openssh_sshd_runs_cells_on_the_target_and_a_killed_worker_is_that_cells_failure(openssh, keys, client_home,
+                                                                                          tmp_path):
+    """The same run through OpenSSH's sshd: cells measured there, a device worker killed mid-cell reported with
+    the signal (sshd sends it as exit-signal), and no device worker left behind when the run ends."""
+    import psutil
+
+    from deploybench.harness.pipeline.matrix import open_workers
+    from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices
+    from deploybench.harness.pipeline.settings import RunSettings, TimingRules
+    from deploybench.spec import Cell
+
+    host_key = keys["host"].export_public_key().decode().strip()
+    (client_home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{openssh} {host_key}\n")
+    device = Target(name="openssh", host="127.0.0.1", port=openssh, python=sys.executable,
+                    workdir=str(tmp_path / "device"))
+
+    def device_workers():  # this test's own: their working folder is its device folder
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if "--device" in (process.info["cmdline"] or []) and process.cwd() == str(tmp_path / "device"):
+                    found.append(process)
+            except psutil.Error:
+                continue
+        return found
+
+    def kill_in_timing(stage):
+        if stage == "time":
+            for process in device_workers():
+                process.kill()
+
+    settings = RunSettings(timing=TimingRules(min_time_s=0.2, min_samples=10, warmup_count=3), timeout_s=60)
+    (info, local), = open_workers(["digits_cnn"], settings)
+    devices = open_devices([device], settings)
+    remote = RemoteWorker(local, devices[0], settings)
+    try:
+        killed = remote.run_cell(Cell("digits_cnn", "onnx", "onnxruntime", "fp32", target="openssh"),
+                                 on_stage=kill_in_timing)
+        measured = remote.run_cell(Cell("digits_cnn", "onnx", "openvino", "int8", target="openssh"))
+    finally:
+        remote.close()
+        local.close()
+        devices[0].close()
+    assert (killed.status, killed.reason) == ("failed", "time: worker killed by SIGKILL on openssh")
+    assert measured.status == "ok", measured.reason
+    assert measured.accuracy.reference == "torch fp32 eager" and measured.accuracy.metric_value > 0.9
+    assert (tmp_path / "device" / "artifacts").is_dir()
+    deadline = time.monotonic() + 10
+    while device_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not device_workers()

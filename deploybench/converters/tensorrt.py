@@ -48,7 +48,7 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
     Options: ``workspace_bytes`` (default 1 GiB), ``max_batch`` (default 32; upper bound of every
     dynamic axis), ``int8_mode`` ("qdq" or "calibrator"), ``calibration_samples`` (default 64).
     """
-    trt = _import_tensorrt()
+    _import_tensorrt()  # fails first, with how to install it
     if precision not in ("fp32", "fp16", "int8"):
         raise PrecisionNotSupported(f"tensorrt has no {precision!r} build; use fp32, fp16 or int8")
     int8_mode = str(options.get("int8_mode", "qdq"))
@@ -61,7 +61,15 @@ def convert(spec: ModelSpec, out_dir: Path, precision: str = "fp32", **options: 
         onnx_artifact = deploy_model(spec, "onnx", output_dir=cache_root, precision="int8", activation_type="QInt8")
     else:
         onnx_artifact = deploy_model(spec, "onnx", output_dir=cache_root, precision="fp32")
+    return build_plan(onnx_artifact, spec, Path(out_dir), precision, **options)
 
+
+def build_plan(onnx_artifact: Artifact, spec: ModelSpec, out_dir: Path, precision: str = "fp32",
+               **options: Any) -> Artifact:
+    """Build ``model.plan`` in ``out_dir`` from ``onnx_artifact`` (fp32, or the symmetric int8 QDQ file for
+    int8 ``qdq``): where the plan is made on the device itself, the ONNX file is what travels there."""
+    trt = _import_tensorrt()
+    int8_mode = str(options.get("int8_mode", "qdq"))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

@@ -14,12 +14,11 @@ like ``resnet18-onnx-openvino-fp32`` and a marker per registered backend, so ``-
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from deploybench.harness.pipeline import settings as run_options
+from deploybench.harness.session_state import DeployBenchState, terminal_writer
 from deploybench.spec import DeployBenchError
 
 MARKERS = {
@@ -43,6 +42,10 @@ def pytest_addoption(parser):
     group.addoption("--backends", default=None, help="comma-separated backends (default from [tool.deploybench])")
     group.addoption("--precisions", default=None, help="comma-separated precisions: fp32, fp16, bf16, int8, int8ac")
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based; sizes differ by one at most)")
+    group.addoption("--target", action="append", default=None, metavar="NAME",
+                    help="measure on this machine (a [tool.deploybench.targets] name, ssh://user@host[:port], or "
+                         "`local`); repeat for several; each cell id gets @NAME")
+    group.addoption("--targets-file", default=None, metavar="FILE.toml", help="more targets, one [NAME] table each")
     group.addoption("--deploybench-json", default=None, metavar="PATH",
                     help="write the session's matrix in the `deploybench run` JSON schema")
     group.addoption("--deploybench-gate", default=None, metavar="BASELINE",
@@ -89,85 +92,6 @@ def pytest_unconfigure(config):
     state = config.stash.get(_STATE_KEY, None)
     if state is not None:
         state.close_all()
-
-
-class DeployBenchState:
-    """Everything the plugin keeps for one session: settings, the models and their workers, results by cell."""
-
-    def __init__(self, config):
-        self.config = config
-        self._defaults = run_options.pyproject_defaults(Path(config.rootpath))
-        self._settings = None
-        self.models: dict[str, Any] = {}  # model name -> its ref or ModelSpec
-        self.infos: dict[str, Any] = {}  # model name -> ModelInfo
-        self.workers: dict[str, Any] = {}  # model name -> Worker (started when a cell is measured)
-        self.measures: dict[str, set[str]] = {}  # cell id -> what its selected tests need
-        self.results: dict[str, Any] = {}  # cell id -> Result
-        self.in_process: dict[tuple[str, str], Any] = {}  # (cell id, "model" | "artifact" | "engine") -> object
-        self.verdicts: list = []
-        self.gate_error: str | None = None
-        self._planned: list | None = None
-        self.universe: set[str] = set()  # the cell ids --shard was dealt from (both sides' under a gate)
-        self.json_written, self.json_failure = None, ""  # --deploybench-json: where it went, why not there
-
-    # ---- configuration ------------------------------------------------------------------
-    def option(self, name: str, default=None):
-        """A command-line option, else its ``[tool.deploybench]`` value, else ``default``."""
-        value = self.config.getoption(name, default=None)
-        return self._defaults.get(name, default) if value is None else value
-
-    @property
-    def settings(self):
-        """The ``RunSettings`` every cell of the session is measured with (CLI options and the same defaults)."""
-        if self._settings is None:
-            self._settings = run_options.settings_from_options(self.option)
-        return self._settings
-
-    def list_option(self, name: str, fallback) -> list[str]:
-        from deploybench.spec import parse_csv
-
-        return parse_csv(self.option(name)) or list(fallback)
-
-    # ---- models and cells ---------------------------------------------------------------
-    def plan(self, user_models) -> list:
-        """The cells of this session (shard applied), planned once; nothing is built or converted.
-
-        A zoo model or a ModelSpec made in a conftest is described here; a user's file or
-        ``file.py:factory`` is resolved in its worker (its code never runs in this process)."""
-        if self._planned is None:
-            from deploybench.harness.pipeline.matrix import open_workers
-            from deploybench.harness.gate.session import session_shard
-            from deploybench.harness.pipeline.plan import plan_cells
-
-            models = [*self.list_option("models", ()), *user_models] or list(run_options.DEFAULT_MODELS)
-            opened = open_workers(models, self.settings)
-            for model, (info, worker) in zip(models, opened):
-                self.models[info.name], self.infos[info.name], self.workers[info.name] = model, info, worker
-            cells = plan_cells(self.infos.values(), self.list_option("backends", run_options.DEFAULT_BACKENDS),
-                               self.list_option("precisions", run_options.DEFAULT_PRECISIONS),
-                               sweep=self.settings.sweep)
-            self._planned, self.universe = session_shard(self.config, cells,
-                                                         _terminal_writer(self.config, "deploybench gate: "))
-        return self._planned
-
-    def result(self, cell):
-        """The cell's ``Result``, measured once in its model's worker for what its selected tests need."""
-        if cell.id not in self.results:
-            from deploybench.harness.pipeline.stages import MEASURES
-
-            measures = self.measures.get(cell.id) or set(MEASURES)
-            self.results[cell.id] = self.workers[cell.model].run_cell(cell, measures)
-        return self.results[cell.id]
-
-    def close_all(self) -> None:
-        from deploybench.harness.pipeline.matrix import close_workers
-
-        for engine in self.in_process.values():
-            if hasattr(engine, "close"):
-                engine.close()
-        self.in_process.clear()
-        close_workers(self.workers.values())
-        self.workers.clear()
 
 
 def _state(config) -> DeployBenchState:
@@ -355,15 +279,12 @@ def engine(cell, model_spec, artifact, deploybench_state):
 
 def _session_matrix(state):
     from deploybench.harness.measure.machine import machine_info
+    from deploybench.harness.pipeline.matrix import matrix_machine
     from deploybench.harness.report.matrix import Matrix
 
-    return Matrix(results=list(state.results.values()), machine=machine_info(),
+    results = list(state.results.values())
+    return Matrix(results=results, machine=matrix_machine(results, machine_info(), state.devices),
                   settings={"source": "pytest", **state.settings.to_dict()})
-
-
-def _terminal_writer(config, prefix: str):
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    return (lambda text: reporter.write_line(prefix + text)) if reporter else (lambda text: None)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -382,7 +303,7 @@ def pytest_sessionfinish(session, exitstatus):
 
         try:
             state.verdicts = gate_pytest_session(session.config, list(state.results.values()), state.settings,
-                                                 _terminal_writer(session.config, "deploybench gate: "), state.universe)
+                                                 terminal_writer(session.config, "deploybench gate: "), state.universe)
         except DeployBenchError as exc:
             state.gate_error = str(exc)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR

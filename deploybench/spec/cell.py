@@ -29,9 +29,11 @@ class Cell:
     default); ``threads`` 0 leaves the thread count to the run's setting (or the backend);
     ``shapes`` is ``static`` (compiled for the cell's shape) or ``dynamic``; ``prune`` is the fraction of
     conv channels structured pruning removes (0: the model as it is); ``calibration`` the number of int8
-    calibration samples (0: the converter's default). The id names only what differs from the defaults:
+    calibration samples (0: the converter's default); ``target`` names the device it runs on (``run --target
+    pi``), empty for this machine. The id names only what differs from the defaults:
     ``resnet18-onnx-openvino-fp32``, ``resnet18-onnx-openvino-fp32-b8-t2``,
-    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``, ``resnet18-onnx-openvino-int8-pr30-cal256``.
+    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``, ``resnet18-onnx-openvino-int8-pr30-cal256``,
+    ``resnet18-onnx-onnxruntime-fp32@pi``.
     """
 
     model: str
@@ -44,6 +46,7 @@ class Cell:
     scenario: str = SINGLE_STREAM
     prune: float = 0.0
     calibration: int = 0
+    target: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "dims", tuple((str(name), int(size)) for name, size in self.dims))
@@ -52,12 +55,13 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return "-".join([self.model, self.format, self.backend, self.precision, *self._variant_parts()])
+        where = f"@{self.target}" if self.target else ""
+        return "-".join([self.model, self.format, self.backend, self.precision, *self._variant_parts()]) + where
 
     @property
     def variant(self) -> str:
-        """What sets this cell apart from its model's plain cell, e.g. ``b8 t2 offline``; empty when nothing."""
-        return " ".join(self._variant_parts())
+        """What sets this cell apart from its model's plain cell, e.g. ``b8 t2 offline @pi``; empty when nothing."""
+        return " ".join(self._variant_parts() + ([f"@{self.target}"] if self.target else []))
 
     def _variant_parts(self) -> list[str]:
         parts = [f"b{size}" if name == "batch" else f"{name}{size}" for name, size in self.dims]
@@ -74,6 +78,11 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dims"] = dict(self.dims)
+        for name in ("prune", "calibration"):  # an unpruned, default-calibrated cell reads as it did before
+            if not data[name]:
+                del data[name]
+        if not self.target:  # a cell of this machine reads as it did before cells had targets
+            del data["target"]
         return data
 
     @classmethod
@@ -83,7 +92,8 @@ class Cell:
         return cls(data["model"], data["format"], data["backend"], data["precision"],
                    dims=tuple((data.get("dims") or {}).items()), threads=int(data.get("threads") or 0),
                    shapes=data.get("shapes") or STATIC, scenario=data.get("scenario") or SINGLE_STREAM,
-                   prune=float(data.get("prune") or 0.0), calibration=int(data.get("calibration") or 0))
+                   prune=float(data.get("prune") or 0.0), calibration=int(data.get("calibration") or 0),
+                   target=str(data.get("target") or ""))
 
 
 @dataclass

@@ -185,6 +185,9 @@ def interleave_results(baseline: Result, current: Result, threads: int | None = 
     from deploybench.harness.pipeline.settings import RunSettings
     from deploybench.harness.pipeline.worker import Worker, WorkerDied
 
+    if current.cell.target or baseline.cell.target:  # a re-run here would judge this machine, not the device
+        raise DeployBenchError(f"measured on {current.cell.target or baseline.cell.target}, and an interleaved re-run "
+                               "happens on the machine that gates: run the gate on that device")
     own = worker is None
     worker = worker or Worker(None, RunSettings(threads=threads))
     try:

@@ -9,8 +9,8 @@ was running (with the signal or the limit, and the stage) while every other cell
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +134,16 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run_cells(workers: dict[str, Runner], cells: Sequence[Cell], measures: Collection[str] = MEASURES,
+def worker_key(model: str, target: str = "") -> str:
+    """The key of the worker that runs a model's cells on a target (``""``: this machine)."""
+    return f"{model}@{target}" if target else model
+
+
+def run_cells(workers: Mapping[str, Runner], cells: Sequence[Cell], measures: Collection[str] = MEASURES,
               progress: Progress | None = None, results: list[Result] | None = None) -> list[Result]:
-    """Each cell's ``Result`` from its model's worker, in the order of ``cells``, appended to ``results``
-    (a list the caller keeps: when the run is interrupted, it holds every cell finished so far)."""
+    """Each cell's ``Result`` from its model's worker on its target (``workers`` by ``worker_key``), in the
+    order of ``cells``, appended to ``results`` (a list the caller keeps: when the run is interrupted, it
+    holds every cell finished so far)."""
     results = [] if results is None else results
     for cell in cells:
         def on_stage(stage: str, cell_id: str = cell.id) -> None:
@@ -145,7 +151,7 @@ def run_cells(workers: dict[str, Runner], cells: Sequence[Cell], measures: Colle
                 progress.describe(f"{cell_id}: {stage}")
 
         on_stage("start")
-        results.append(workers[cell.model].run_cell(cell, measures, on_stage))
+        results.append(workers[worker_key(cell.model, cell.target)].run_cell(cell, measures, on_stage))
         if progress is not None:
             progress.advance()
     return results
@@ -159,18 +165,21 @@ class Run:
     results: list[Result]
     settings: dict[str, Any]
     incomplete: str = ""
+    devices: list = field(default_factory=list)  # the targets measured on (``remote_worker.Device``), closed
 
 
 def run_matrix(models, backends: Sequence[str] = DEFAULT_BACKENDS, precisions: Sequence[str] = DEFAULT_PRECISIONS,
                settings: RunSettings | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
                formats: Sequence[str] | None = None, verbose: bool = False,
-               resume: Sequence[Result] = ()) -> Run:
+               resume: Sequence[Result] = (), targets: Sequence[Any] = ()) -> Run:
     """Run every compatible cell of ``models`` x ``backends`` x ``precisions``, each model in a worker.
 
     ``models``: zoo names, refs (``file.py:factory@1x3x64x64``, a model file) or ``ModelSpec`` objects
     (``model_from_module``). ``shard=(index, count)`` runs one shard of the cells, numbered from 1.
     ``resume``: results of an earlier (interrupted) run of the same cells, kept as they are: only the
     cells they lack are run. Ctrl-C or ``RunInterrupted`` ends the run with the cells finished so far.
+    ``targets``: the machines to measure on (``remote.targets.Target``; ``None`` in the list is this one);
+    empty: this machine. Every cell is planned once per target, its ``target`` naming it.
     Progress goes to stderr (tqdm).
     """
     from deploybench.harness.pipeline.plan import check_backends, check_precisions
@@ -183,9 +192,14 @@ def run_matrix(models, backends: Sequence[str] = DEFAULT_BACKENDS, precisions: S
     check_precisions(precisions)
     # no bar while resolving: a user's mistake found there is one line on a clean stderr
     opened = open_workers(models, settings, verbose)
+    runners: dict[str, Runner] = {info.name: worker for info, worker in opened}
+    devices: list = []
     try:
         cells = plan_cells([info for info, _ in opened], list(backends), list(precisions), formats=formats,
                            include_unsupported=True, sweep=settings.sweep)
+        if targets:
+            cells, devices, remote = on_targets(targets, opened, cells, settings, verbose)
+            runners.update(remote)
         if shard is not None:
             cells = select_shard(cells, *shard)
         done = {r.cell.id: r for r in resume}
@@ -193,21 +207,57 @@ def run_matrix(models, backends: Sequence[str] = DEFAULT_BACKENDS, precisions: S
         bar = Progress(total=len(cells) - sum(cell.id in done for cell in cells), enabled=progress)
         incomplete = ""
         try:
-            run_cells({info.name: worker for info, worker in opened}, [c for c in cells if c.id not in done],
-                      progress=bar, results=results)
+            run_cells(runners, [c for c in cells if c.id not in done], progress=bar, results=results)
         except KeyboardInterrupt as stop:
             incomplete = f"interrupted ({stop.args[0] if stop.args else 'Ctrl-C'}) after {len(results)} of " \
                          f"{len(cells) - len(done)} cells; `--resume` runs the rest"
         finally:
             bar.close()
     finally:
-        close_workers(worker for _, worker in opened)
+        close_workers(runners.values())
+        for device in devices:
+            device.close()
     measured = {r.cell.id: r for r in results}
     ordered = [done.get(cell.id) or measured.get(cell.id) for cell in cells]
     return Run(results=[r for r in ordered if r is not None], incomplete=incomplete, settings={
         **settings.to_dict(), "models": [info.ref or info.name for info, _ in opened], "backends": list(backends),
         "precisions": list(precisions), "shard": list(shard) if shard else None,
-        "worker_starts": {info.name: worker.starts for info, worker in opened}})
+        "worker_starts": {key: worker.starts for key, worker in runners.items()},
+        "targets": [t.address if t is not None else "local" for t in targets] or None},
+        devices=devices)
+
+
+def matrix_machine(results: Sequence[Result], here: dict[str, Any], devices: Iterable[Any] = ()) -> dict[str, Any]:
+    """The machine block of a matrix: this machine's when every cell ran here; when some ran on targets,
+    ``{machine_id: block}`` of each machine the cells ran on (a merged matrix's form), each block naming its
+    target and each cell its ``machine_id``."""
+    machines: dict[str, dict[str, Any]] = {}
+    if any(not r.cell.target for r in results):
+        machines[here["machine_id"]] = {**here, "target": "local"}
+    by_target = {}
+    for device in (d for d in devices if d.machine):
+        key = device.machine["machine_id"]
+        if key in machines:  # one host reached twice (ssh to itself, another Python): kept apart
+            key = f"{key}@{device.target.name}"
+        machines[key] = {**device.machine, "machine_id": key, "target": device.target.name}
+        by_target[device.target.name] = key
+    if not by_target:
+        return here
+    for result in results:
+        result.machine_id = by_target.get(result.cell.target, here["machine_id"])
+    return next(iter(machines.values())) if len(machines) == 1 else machines
+
+
+def on_targets(targets: Sequence[Any], opened, cells: Sequence[Cell], settings: RunSettings, verbose: bool = False
+               ) -> tuple[list[Cell], list, dict[str, Runner]]:
+    """Every cell once per target (``None``: this machine), the targets' devices (not yet connected), and a
+    worker on each device for each model, sharing the model's worker here (by ``worker_key``)."""
+    from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices
+
+    devices = open_devices([t for t in targets if t is not None], settings)
+    workers = {worker_key(info.name, device.target.name): RemoteWorker(worker, device, settings, verbose)
+               for device in devices for info, worker in opened}
+    return [replace(cell, target=t.name if t is not None else "") for t in targets for cell in cells], devices, workers
 
 
 def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
@@ -222,4 +272,4 @@ def run_one_cell(model, cell: Cell, settings: RunSettings | None = None,
         return worker.run_cell(cell, measures)
 
 
-__all__ = ["Progress", "Run", "RunInterrupted", "close_workers", "stop_on_sigterm", "open_workers", "run_cells", "run_matrix", "run_one_cell"]
+__all__ = ["Progress", "Run", "RunInterrupted", "close_workers", "matrix_machine", "on_targets", "worker_key", "stop_on_sigterm", "open_workers", "run_cells", "run_matrix", "run_one_cell"]

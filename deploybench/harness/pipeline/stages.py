@@ -69,6 +69,10 @@ class ModelSession:
     def inputs(self, settings: RunSettings):
         return self.spec.make_inputs(seed=settings.seed, dims=settings.dims)
 
+    def artifact(self, cell: Cell, settings: RunSettings) -> Artifact:
+        """The cell's artifact: converted here (a session on a device is handed the one converted for it)."""
+        return convert(self.spec, cell, settings)
+
     def close(self) -> None:
         if self._reference is not None:
             self._reference.close()
@@ -90,11 +94,12 @@ def check_availability(cell: Cell) -> str:
     return detail
 
 
-def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
+def convert(spec: ModelSpec, cell: Cell, settings: RunSettings, cpu_flags: frozenset[str] | None = None) -> Artifact:
     """The cell's artifact, from the conversion cache when it is there (a torch cell: the model itself); an
     int8 cell calibrated on ``settings.calibration_data`` when given; an int8ac artifact holding the very
-    criteria the cell is judged by (the run's tolerance overrides included)."""
-    from deploybench.converters import deploy_model, torch_artifact
+    criteria the cell is judged by (the run's tolerance overrides included). ``cpu_flags``: the CPU it
+    will run on when that is another machine's (a target's), else this one."""
+    from deploybench.converters import cpu_defaults, deploy_model, torch_artifact
     from deploybench.harness.pipeline.variant import calibration_options, cell_model
 
     spec = cell_model(spec, cell)
@@ -104,7 +109,8 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings) -> Artifact:
         from deploybench.converters.calibration import use_calibration_file
 
         use_calibration_file(spec, settings.calibration_data)
-    options = calibration_options(cell)
+    options = {**(cpu_defaults(cell.format, cell.precision, cpu_flags) if cpu_flags is not None else {}),
+               **calibration_options(cell)}
     if cell.precision == "int8ac":
         from deploybench.converters.accuracy_control import int8_criteria
 
@@ -285,7 +291,7 @@ def run_cell(session: ModelSession, cell: Cell, settings: RunSettings, measures:
         result.backend_version = check_availability(cell)
         enter("convert")
         started = time.perf_counter()
-        artifact = convert(session.spec, cell, settings)
+        artifact = session.artifact(cell, settings)
         record_artifact(artifact, started, result)
         check_shape(session.spec, cell, artifact, settings)
         result.dims_ran = run_dims(session.spec, settings)

@@ -19,6 +19,7 @@ Run as ``python -m deploybench.harness.pipeline.worker``; nothing else is a publ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -31,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.measure.process import child_env, exit_description, kill_group, run_child_plugins
-from deploybench.harness.pipeline.frames import HEADER, FrameReader, error_frame, rebuild_error, send_frame
+from deploybench.harness.pipeline.frames import FrameReader, error_frame, rebuild_error, send_frame
 from deploybench.harness.pipeline.plan import ModelInfo
+from deploybench.harness.pipeline.serving import ISOLATED, quiet_converters
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.harness.pipeline.stages import MEASURES, ModelSession, run_cell
 from deploybench.resolve import ModelSource
 from deploybench.spec import (STATUS_FAILED, STATUS_TIMEOUT, Cell, DeployBenchError, Result)
 
-ISOLATED = "worker"
 # Stages where a crash is the model's, not one cell's: every later cell of the model would meet it again.
 MODEL_STAGES = ("resolve", "reference")
 # The memory stage waits for its own child, which has the whole stage limit: give the worker a margin.
@@ -73,12 +74,38 @@ class Worker:
     # lifecycle
     def _start(self) -> None:
         self._log = None if self.verbose else tempfile.TemporaryFile(prefix="deploybench-worker-")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "deploybench.harness.pipeline.worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env(), cwd=self.folder)
+        self._process = self._launch()
         self._reader = FrameReader(self._process.stdout.fileno())
         self.starts += 1
-        self._call(("open", self.source, self.verbose), stage="resolve" if self.source else "start")
+        self._call(self._open_request(), stage="resolve" if self.source else "start")
+
+    def _launch(self):
+        """The worker process, with pipes for its stdin and stdout and its stderr to the log."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploybench.harness.pipeline.worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env(), cwd=self.folder)
+
+    def _open_request(self) -> tuple:
+        return ("open", self.source, self.verbose)
+
+    def _kill(self, process) -> None:
+        """Kill the worker and everything it started (the memory child runs in a session of its own)."""
+        import psutil
+
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
+        kill_group(process)
+
+    def _answer(self, question: tuple) -> tuple:
+        """The reply to a worker's question (a device's worker asks its host for the reference)."""
+        return error_frame(DeployBenchError(f"this worker's parent cannot answer {question[0]!r}"))
 
     def open(self) -> ModelInfo:
         """Start the worker and resolve the model there; a user's mistake raises one clear line, a crash
@@ -106,7 +133,7 @@ class Worker:
             process.stdin.close()
             process.wait(timeout=10)
         except (OSError, ValueError, subprocess.TimeoutExpired):
-            kill_group(process)
+            self._kill(process)
             process.wait()
         finally:
             process.stdout.close()
@@ -154,7 +181,8 @@ class Worker:
         deadline = time.monotonic() + self._stage_limit(stage)
         while True:
             try:
-                frame = self._reader.read(deadline, self._watch_memory if self.settings.max_memory_mb else None)
+                frame = self._reader.read(deadline, self._watch_memory if self.settings.max_memory_mb and
+                                          isinstance(self._process, subprocess.Popen) else None)
             except TimeoutError:
                 self._hung()
             except (EOFError, pickle.UnpicklingError, struct.error):
@@ -164,6 +192,12 @@ class Worker:
                 deadline = time.monotonic() + self._stage_limit(self._stage)
                 if on_stage is not None:
                     on_stage(self._stage)
+            elif frame[0] == "ask":
+                try:
+                    send_frame(self._process.stdin, self._answer(frame[1]))
+                except (BrokenPipeError, OSError):
+                    self._died()
+                deadline = time.monotonic() + self._stage_limit(self._stage)
             elif frame[0] == "ok":
                 self._busy = False
                 return frame[1]
@@ -204,12 +238,17 @@ class Worker:
         try:
             returncode = process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            kill_group(process)
+            self._kill(process)
             returncode = process.wait()
         last = self._last_log_line() if returncode >= 0 else ""
+        text = self._exit_text(returncode)
         self._discard_process()
-        raise WorkerDied(STATUS_FAILED, stage, f"{stage}: worker {exit_description(returncode)}"
-                                               + (f" ({last})" if last else ""))
+        known = text.startswith("could not start")  # the cause is already said, with its fix
+        raise WorkerDied(STATUS_FAILED, stage, f"{stage}: worker {text}" + (f" ({last})" if last and not known else ""))
+
+    def _exit_text(self, returncode: int) -> str:
+        """How the worker ended, read before its log is closed; ``could not start: ...`` when that is known."""
+        return exit_description(returncode)
 
     def _last_log_line(self) -> str:
         if self._log is None:
@@ -223,21 +262,11 @@ class Worker:
         process, self._process = self._process, None
         self._busy = False
         if process is not None:
-            import psutil
-
-            try:
-                children = psutil.Process(process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                children = []
-            for child in children:
-                try:
-                    child.kill()
-                except psutil.NoSuchProcess:
-                    continue
-            kill_group(process)
+            self._kill(process)
             process.wait()
-            process.stdout.close()
-            process.stdin.close()
+            for pipe in (process.stdout, process.stdin):
+                with contextlib.suppress(OSError):  # a frame left in the buffer of a pipe nobody reads
+                    pipe.close()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -299,64 +328,11 @@ def make_worker(model: Any, settings: RunSettings, verbose: bool = False,
     return Worker(source, settings, verbose)
 
 
-def quiet_converters() -> None:
-    """Hide the exporters' and quantizers' own warnings (per-op notes, deprecations, missing torchvision
-    ops) so the parent's progress bar and table stay readable; errors still show, and a cell's failure
-    reason carries its own message. ``--verbose`` keeps everything."""
-    import logging
-    import warnings
-
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("torch", "torch.onnx", "onnxscript", "nncf", "openvino", "coremltools", "absl", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for category in (FutureWarning, UserWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-
-
-# ---- the worker's side -----------------------------------------------------------------------------
-def serve(requests, replies) -> None:
-    """Answer the parent's requests until it says close (or goes away)."""
-    session: ModelSession | None = None
-
-    def on_stage(name: str) -> None:
-        send_frame(replies, ("stage", name))
-
-    while True:
-        try:
-            size = requests.read(HEADER.size)
-            if len(size) < HEADER.size:
-                return
-            message = pickle.loads(requests.read(HEADER.unpack(size)[0]))
-        except EOFError:
-            return
-        kind = message[0]
-        try:
-            if kind == "close":
-                return
-            if kind == "open":
-                source, verbose = message[1], message[2]
-                if not verbose:
-                    quiet_converters()
-                session = ModelSession(source.resolve(), source, ISOLATED) if source is not None else None
-                reply = None
-            elif kind == "call":
-                import importlib
-
-                module_name, _, name = message[1].partition(":")
-                reply = getattr(importlib.import_module(module_name), name)(*message[2])
-            elif kind == "info":
-                reply = ModelInfo.of(session.spec)
-            elif kind == "cell":
-                reply = run_cell(session, message[1], message[2], message[3], on_stage)
-            else:
-                raise DeployBenchError(f"unknown worker request {kind!r}")
-        except Exception as exc:
-            send_frame(replies, error_frame(exc))
-            continue
-        send_frame(replies, ("ok", reply))
-
-
 def main() -> int:
+    from deploybench.harness.pipeline.serving import end_with_parent, serve
+
+    if "--device" in sys.argv[1:]:
+        end_with_parent()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever model code prints goes to the log, never into the frames
     run_child_plugins()

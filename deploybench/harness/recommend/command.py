@@ -125,6 +125,9 @@ def recommend_command(args: argparse.Namespace, run: Callable, no_cell: Callable
         if args.results or getattr(args, "resume", None) or getattr(args, "shard", None):
             raise DeployBenchError("--search-time runs the cells it chooses: give --models, without a RESULTS file, "
                                    "--resume or --shard")
+        if getattr(args, "target", None):
+            raise DeployBenchError("--search-time searches on this machine only: measure a target's cells with "
+                                   "`deploybench run --target NAME --output FILE`, then recommend from FILE")
     if not args.results and not args.models:
         raise DeployBenchError("name a RESULTS file to decide from, or --models (with --backends and --precisions) "
                                "to run the cells first, e.g. deploybench recommend results.json --max-accuracy-drop 1%")

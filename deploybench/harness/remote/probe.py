@@ -151,7 +151,8 @@ def _hints(probe: Probe) -> list[str]:
                                                                                     for b in wanted) else ""))
     if not facts["modules"].get("deploybench", {}).get("found"):
         hints.append(f"{name}: deploybench is not installed in `{python}` there; this probe does not need it, "
-                     "running cells there (the next step of remote targets) will")
+                     f"`deploybench run --target {name}` does: run on it: {python} -m pip install 'deploybench[runtime]' "
+                     "(no PyTorch)")
     needed = _requires_python()
     version = tuple(int(p) for p in facts["python"]["version"].split(".")[:2] if p.isdigit())
     if needed and version < needed:

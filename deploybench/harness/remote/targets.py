@@ -189,5 +189,19 @@ def resolve_targets(names: list[str], defined: Mapping[str, Target]) -> list[Tar
     return chosen
 
 
+def targets_to_run(names: list[str], targets_file: str | Path | None) -> list[Target | None]:
+    """The targets ``--target`` names, ``None`` standing for this machine (``local``); checked before anything runs."""
+    defined = defined_targets(find_pyproject(), Path(targets_file) if targets_file else None)
+    chosen = [None if name == "local" else resolve_targets([name], defined)[0] for name in names]
+    seen = [t.name if t is not None else "local" for t in chosen]
+    if len(set(seen)) < len(seen):
+        raise DeployBenchError(f"--target names a machine twice: {', '.join(seen)}")
+    import importlib.util
+
+    if any(t is not None and t.transport == "ssh" for t in chosen) and importlib.util.find_spec("asyncssh") is None:
+        raise DeployBenchError("SSH targets need asyncssh: pip install 'deploybench[remote]'")
+    return chosen
+
+
 __all__ = ["DEFAULT_PYTHON", "DEFAULT_WORKDIR", "FIELDS", "TRANSPORTS", "Target", "defined_targets",
-           "find_pyproject", "resolve_targets", "target_from_table", "target_from_url"]
+           "find_pyproject", "resolve_targets", "targets_to_run", "target_from_table", "target_from_url"]

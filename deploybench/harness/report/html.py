@@ -171,7 +171,7 @@ def _run_html(label: str, results: Sequence[Result], machine: Mapping[str, Any] 
     others = cells_not_run(results)
     if others:
         items = "".join(f"<li><strong>{_e(r.status)}</strong> <code>{_e(r.cell.id)}</code>"
-                        + (f" @ {_e(r.machine_id)}" if r.machine_id else "")
+                        + (f" @ {_e(r.machine_id)}" if r.machine_id and not r.cell.target else "")
                         + f": {_e(r.reason or 'no reason given')}</li>" for r in others)
         parts.append(f"<details><summary>{len(others)} cells not run (skipped / failed)</summary>"
                      f"<ul class='reasons'>{items}</ul></details>")

@@ -59,7 +59,10 @@ class Matrix:
             results = [result_from_cell(cell, i) for i, cell in enumerate(data["cells"])]
         except DeployBenchError as exc:
             raise DeployBenchError(f"{source}: {exc}; regenerate it with `deploybench run --output`") from None
-        return cls(results=results, machine=dict(data.get("machine") or {}),
+        machine = dict(data.get("machine") or {})
+        if machine.get("merged") and isinstance(data.get("machines"), Mapping):  # {machine_id: machine}
+            machine = dict(data["machines"])
+        return cls(results=results, machine=machine,
                    settings=dict(data.get("settings") or {}), created=str(data.get("created", "")),
                    deploybench_version=str(data.get("deploybench_version", "")),
                    incomplete=str(data.get("incomplete") or ""))

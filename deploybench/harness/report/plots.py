@@ -54,8 +54,8 @@ def cell_label(result: Result, with_model: bool = False) -> str:
     """'onnx/onnxruntime/fp32' (and the model in front when asked)."""
     cell = result.cell
     label = f"{cell.format}/{cell.backend}/{cell.precision}"
-    if result.machine_id:
-        label += f" @{result.machine_id}"
+    if cell.target or result.machine_id:
+        label += f" @{cell.target or result.machine_id}"
     return mpl_text(f"{cell.model}: {label}" if with_model else label)
 
 

@@ -61,7 +61,8 @@ def scaling_series(results: Sequence[Result], axis: str) -> list[Series]:
         rest = _without(r.cell, axis).variant
         label = "/".join((r.cell.format, r.cell.backend, r.cell.precision)) + (f" {rest}" if rest else "")
         key = (r.cell.model, r.machine_id, label)
-        series = lines.setdefault(key, Series(r.cell.model + (f" @ {r.machine_id}" if r.machine_id else ""), label,
+        where = r.cell.target or r.machine_id
+        series = lines.setdefault(key, Series(r.cell.model + (f" @ {where}" if where else ""), label,
                                               r.cell.backend, axis))
         series.points.append((value, r))
     for series in lines.values():

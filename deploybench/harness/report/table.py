@@ -35,7 +35,7 @@ def model_key(result: Result) -> str:
     batch of 8 is not compared with a batch of 1 by latency), and its machine in a merged matrix
     (speeds of two machines are not compared)."""
     name = " ".join(filter(None, (result.cell.model, result.cell.variant)))
-    return f"{name} @ {result.machine_id}" if result.machine_id else name
+    return f"{name} @ {result.machine_id}" if result.machine_id and not result.cell.target else name
 
 
 @dataclass
@@ -171,12 +171,17 @@ def with_detector_columns(headers: Sequence[str], table: list[list[str]], rows: 
             [[*line[:-1], *_detector_cells(r), line[-1]] for line, r in zip(table, rows)])
 
 
+def _machine_name(key: str, machine: Mapping[str, Any]) -> str:
+    """A machine of a run on targets is named by its target too (``box (3f2a…)``, ``local (3f2a…)``)."""
+    return f"{machine['target']} ({key})" if machine.get("target") else key
+
+
 def machine_line(machine: Mapping[str, Any] | None) -> str:
     """'cpu, arch, N cores, M GiB, os, python'; a merged matrix's ``{machine_id: machine}`` one per id."""
     if not machine:
         return ""
     if "machine_id" not in machine and all(isinstance(v, Mapping) for v in machine.values()):
-        return "; ".join(f"{key}: {machine_line(value)}" for key, value in machine.items())
+        return "; ".join(f"{_machine_name(key, value)}: {machine_line(value)}" for key, value in machine.items())
     parts = [str(machine.get("cpu") or "")]
     if machine.get("arch"):
         parts.append(str(machine["arch"]))
@@ -247,7 +252,7 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         lines.append("")
         lines.append(f"not run ({len(others)}):")
         for r in others:
-            where = f" @ {r.machine_id}" if r.machine_id else ""
+            where = f" @ {r.machine_id}" if r.machine_id and not r.cell.target else ""
             lines.append(f"  {r.status:8} {r.cell.id}{where}: {r.reason or 'no reason given'}")
     if any(group.best for group in groups):
         lines.append("")

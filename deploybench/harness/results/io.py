@@ -26,10 +26,15 @@ def results_document(results: list[Result], machine: Mapping[str, Any], settings
     import deploybench
     from deploybench.harness.results.cells import SCHEMA
 
+    machines = {}
+    if machine and "machine_id" not in machine and all(isinstance(v, Mapping) for v in machine.values()):
+        # several machines (a run on targets): written as ``merge`` writes them, so merge, report and gate read it
+        machines = {str(k): dict(v) for k, v in machine.items()}
+        machine = {"machine_id": "+".join(machines), "merged": True, "cpu": f"{len(machines)} machines"}
     return {"schema": SCHEMA, "deploybench_version": version or deploybench.__version__,
             "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "incomplete": incomplete, "machine": dict(machine), "settings": dict(settings),
-            "cells": [r.to_dict(with_samples=with_samples) for r in results]}
+            "incomplete": incomplete, "machine": dict(machine), **({"machines": machines} if machines else {}),
+            "settings": dict(settings), "cells": [r.to_dict(with_samples=with_samples) for r in results]}
 
 
 def write_results(path: str | Path, document: Mapping[str, Any]) -> Path:

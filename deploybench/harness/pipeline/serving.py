@@ -1,0 +1,135 @@
+"""The worker's side of the pipe: answer the parent's requests (resolve a model, run a cell, convert a cell
+for a target, run the reference) until it says close. ``worker.main`` runs it; the parent's side is
+``worker.Worker``."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from typing import Any
+
+from deploybench.harness.pipeline.frames import HEADER, error_frame, rebuild_error, send_frame
+from deploybench.harness.pipeline.plan import ModelInfo
+from deploybench.harness.pipeline.stages import ModelSession, run_cell
+from deploybench.spec import DeployBenchError
+
+ISOLATED = "worker"
+
+
+def quiet_converters() -> None:
+    """Hide the exporters' and quantizers' own warnings (per-op notes, deprecations, missing torchvision
+    ops) so the parent's progress bar and table stay readable; errors still show, and a cell's failure
+    reason carries its own message. ``--verbose`` keeps everything."""
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torch", "torch.onnx", "onnxscript", "nncf", "openvino", "coremltools", "absl", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+def _read_message(requests) -> tuple | None:
+    """The parent's next message, or None when it went away."""
+    try:
+        size = requests.read(HEADER.size)
+        if len(size) < HEADER.size:
+            return None
+        return pickle.loads(requests.read(HEADER.unpack(size)[0]))
+    except EOFError:
+        return None
+
+
+def serve(requests, replies) -> None:
+    """Answer the parent's requests until it says close (or goes away)."""
+    session: ModelSession | None = None
+
+    def on_stage(name: str) -> None:
+        send_frame(replies, ("stage", name))
+
+    def ask(question: tuple) -> Any:
+        """Ask the parent mid-request (a device's worker asks its host for the reference's outputs)."""
+        send_frame(replies, ("ask", question))
+        answer = _read_message(requests)
+        if answer is None:
+            raise EOFError("the parent went away")
+        if answer[0] == "ok":
+            return answer[1]
+        raise rebuild_error(answer[1], answer[2])
+
+    while True:
+        message = _read_message(requests)
+        if message is None:
+            return
+        kind = message[0]
+        try:
+            if kind == "close":
+                return
+            if kind == "open":
+                source, verbose = message[1], message[2]
+                if not verbose:
+                    quiet_converters()
+                session = ModelSession(source.resolve(), source, ISOLATED) if source is not None else None
+                reply = None
+            elif kind == "open-shipped":  # on a target: the model travelled without its code
+                from deploybench.harness.pipeline.shipping import ShippedSession
+
+                if not message[2]:
+                    quiet_converters()
+                session = ShippedSession(message[1], message[3], ask)
+                reply = None
+            elif kind == "shipped-cell":
+                session.shipped = message[4]
+                reply = run_cell(session, message[1], message[2], message[3], on_stage)
+            elif kind == "ship":  # on the host, for a target
+                from deploybench.harness.pipeline.shipping import ship_cell
+
+                reply = ship_cell(session, message[1], message[2], message[3])
+            elif kind == "device-model":
+                from deploybench.harness.pipeline.shipping import device_model
+
+                reply = device_model(session)
+            elif kind == "reference":
+                reply = session.reference()(message[1])
+            elif kind == "call":
+                import importlib
+
+                module_name, _, name = message[1].partition(":")
+                reply = getattr(importlib.import_module(module_name), name)(*message[2])
+            elif kind == "info":
+                reply = ModelInfo.of(session.spec)
+            elif kind == "cell":
+                reply = run_cell(session, message[1], message[2], message[3], on_stage)
+            else:
+                raise DeployBenchError(f"unknown worker request {kind!r}")
+        except Exception as exc:
+            send_frame(replies, error_frame(exc))
+            continue
+        send_frame(replies, ("ok", reply))
+
+
+def end_with_parent() -> None:
+    """On a device: when the SSH session that started this worker ends (the host went away, the connection
+    dropped), end this worker and what it started, rather than run on unseen on someone's board."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                child.kill()
+            except psutil.Error:
+                continue
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="deploybench-end-with-parent").start()
+
+
+__all__ = ["ISOLATED", "end_with_parent", "quiet_converters", "serve"]
