@@ -13,13 +13,14 @@ import dataclasses
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deploybench.harness.recommend.budgets import Budgets
 from deploybench.harness.recommend.search import SearchSpace, Stop, next_cells
-from deploybench.spec import Cell, DeployBenchError, Result
+from deploybench.spec import Cell, DeployBenchError, ModelSpec, Result
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -106,7 +107,9 @@ def search_matrix(models, backends: Sequence[str], precisions: Sequence[str], bu
                                     if any(values)})
     check_backends(backends)
     check_precisions(precisions)
-    models = [models] if isinstance(models, str) else list(models)
+    if isinstance(models, (str, Path, ModelSpec)) or not isinstance(models, Iterable):
+        models = [models]
+    models = list(models)
     base_sweep = dataclasses.replace(sweep, prunes=(0.0,), calibrations=(0,))  # the search takes those steps
     opened = open_workers(models, settings, verbose)
     results: list[Result] = []
