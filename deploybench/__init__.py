@@ -25,7 +25,7 @@ _LAZY = {
     "create_deployer": "deploybench.engines",
     "InferenceEngine": "deploybench.engines.base",
     "backend_status": "deploybench.engines",
-    "get_model": "deploybench.models",
+    "get_model": "deploybench.resolve",
     "list_models": "deploybench.models",
     "model_from_module": "deploybench.models",
     "benchmark_inference": "deploybench.harness.measure.timing",

@@ -265,8 +265,7 @@ def recommend_command(args: argparse.Namespace) -> int:
 
 def models_command(args: argparse.Namespace) -> int:
     """``deploybench models``: the zoo, one row per model."""
-    from tabulate import tabulate
-
+    from deploybench.harness.report.table import simple_table  # the device has no tabulate: its fallback
     from deploybench.models import MODELS
     from deploybench.resolve import get_model
 
@@ -279,14 +278,12 @@ def models_command(args: argparse.Namespace) -> int:
             continue
         inputs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))} {t.dtype}" for t in spec.inputs)
         rows.append([name, spec.task, inputs, spec.description])
-    print(tabulate(rows, headers=["model", "task", "inputs", "description"], tablefmt="simple"))
+    print(simple_table(rows, headers=["model", "task", "inputs", "description"]))
     return EXIT_OK
 
 
 def backends_command(args: argparse.Namespace) -> int:
     """``deploybench backends``: each backend, available or why not, formats and precisions."""
-    from tabulate import tabulate
-
     from deploybench.engines import ENGINES, engine_class
 
     rows = []
@@ -299,8 +296,9 @@ def backends_command(args: argparse.Namespace) -> int:
             available, formats, precisions = False, "-", "-"
             detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         rows.append([name, "yes" if available else "no", detail, formats, precisions])
-    print(tabulate(rows, headers=["backend", "available", "version / why not", "formats", "precisions"],
-                   tablefmt="simple"))
+    from deploybench.harness.report.table import simple_table  # the device has no tabulate: its fallback
+
+    print(simple_table(rows, headers=["backend", "available", "version / why not", "formats", "precisions"]))
     return EXIT_OK
 
 

@@ -68,3 +68,12 @@ def small_cnn_spec():
 
 # The SSH server and client HOME of the remote tests (tests/ssh_fixtures.py).
 from ssh_fixtures import client_home, keys, server  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def device_python(tmp_path_factory) -> Path:
+    """A device's Python: a venv without PyTorch holding deploybench[runtime], onnxruntime and openvino
+    (tests/device_env.py), shared by the device and remote tests."""
+    from device_env import device_venv
+
+    return device_venv(tmp_path_factory.mktemp("device") / "venv", ("onnxruntime", "openvino"))

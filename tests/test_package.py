@@ -33,6 +33,13 @@ def test_import_is_light():
     assert done.stdout.strip() == ""
 
 
+def test_every_lazy_name_of_the_package_resolves():
+    """Each name ``deploybench`` offers lazily is found where its table says (get_model once pointed at the
+    wrong module and raised AttributeError)."""
+    for name in deploybench._LAZY:
+        assert getattr(deploybench, name) is not None, name
+
+
 @pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_public_api_names_import_from_the_package(name):
     value = getattr(deploybench, name)
@@ -119,3 +126,27 @@ def test_a_third_party_backend_is_one_registration(small_cnn_spec, tmp_path):
         np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
     finally:
         ENGINES._targets.pop("onnx-reference")
+
+
+def test_the_base_install_runs_a_device_and_every_test_environment_adds_the_host():
+    """pip extras only add, so torch must stay out of the base for ``deploybench[runtime]`` to be torch-free;
+    everything that converts (make venv, every tox group) must then ask for the host extra."""
+    import configparser
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {Requirement(r).name for r in project["dependencies"]} == {"numpy", "psutil"}
+    assert extras["runtime"] == []
+    assert {"torch", "onnx", "onnxruntime", "pytest"} <= {Requirement(r).name for r in extras["host"]}
+    assert "host" in Requirement(extras["all"][0]).extras
+    tox = configparser.ConfigParser()
+    tox.read(root / "tox.ini")
+    for section in (s for s in tox.sections() if s.startswith("testenv:")):
+        chosen = {e.strip() for e in tox[section]["extras"].split(",")}
+        assert chosen & {"host", "all"}, f"tox {section} runs the tests without the host extra"
+    assert "-e '.[all]'" in (root / "Makefile").read_text()

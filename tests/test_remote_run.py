@@ -1,7 +1,7 @@
 """`deploybench run --target`: cells measured on another machine through a real SSH server on 127.0.0.1.
 
 The "device" is this machine reached over SSH (tests/ssh_server.py), its worker started in the device's
-Python in its own working folder; the artifacts travel by SFTP, the reference's outputs come back from the
+Python (a virtual environment without PyTorch: tests/device_env.py) in its own working folder; the artifacts travel by SFTP, the reference's outputs come back from the
 host. Faults are made for real: the device's worker is killed mid-cell, the server is stopped mid-run, the
 key is refused, the device's Python is missing, deploybench is missing there.
 """
@@ -34,12 +34,8 @@ pytest_plugins = ["pytester"]
 QUICK = ["--min-time", "0.2", "--min-samples", "10", "--no-progress"]
 
 
-def device_python() -> str:
-    return sys.executable
-
-
-def _targets_file(tmp_path: Path, server, **fields) -> Path:
-    fields = {"host": "127.0.0.1", "port": server.port, "python": device_python(), **fields}
+def _targets_file(tmp_path: Path, server, python: Path, **fields) -> Path:
+    fields = {"host": "127.0.0.1", "port": server.port, "python": str(python), **fields}
     body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
     path = tmp_path / "targets.toml"
     path.write_text(f"[box]\n{body}")
@@ -57,8 +53,8 @@ def _cells(document: dict) -> dict[str, dict]:
     return {f"{c['model']}-{c['format']}-{c['backend']}-{c['precision']}": c for c in document["cells"]}
 
 
-def test_cells_on_a_target_carry_its_machine_and_match_the_local_accuracy(server, client_home, tmp_path):
-    targets = _targets_file(tmp_path, server)
+def test_cells_on_a_target_carry_its_machine_and_match_the_local_accuracy(server, client_home, tmp_path, device_python):
+    targets = _targets_file(tmp_path, server, device_python)
     code, remote = _run(tmp_path, "--target", "box", "--targets-file", str(targets), name="remote.json")
     assert code == 0
     code, local = _run(tmp_path, name="local.json")
@@ -75,7 +71,8 @@ def test_cells_on_a_target_carry_its_machine_and_match_the_local_accuracy(server
         assert cell["accuracy"]["reference"] == "torch fp32 eager"
         assert cell["peak_rss_mb"] > 0 and cell["latency_ms"]["n"] >= 10
         assert cell["artifact_path"].startswith("artifacts/")
-    assert remote["machine"]["executable"] == device_python()
+    assert remote["machine"]["executable"] == str(device_python)
+    assert remote["machine"]["libraries"].get("torch") is None  # a device without PyTorch
     assert remote["settings"]["targets"] == [f"ssh://127.0.0.1:{server.port}"]
     # a device's run and this machine's merge as two machines, the target kept in each cell's id
     merged = merge_matrices([tmp_path / "remote.json", tmp_path / "local.json"])
@@ -83,8 +80,8 @@ def test_cells_on_a_target_carry_its_machine_and_match_the_local_accuracy(server
     assert {c.get("target", "") for c in merged["cells"]} == {"box", ""}
 
 
-def test_an_artifact_already_on_the_device_is_not_sent_again(server, client_home, tmp_path):
-    targets = _targets_file(tmp_path, server, workdir="bench")
+def test_an_artifact_already_on_the_device_is_not_sent_again(server, client_home, tmp_path, device_python):
+    targets = _targets_file(tmp_path, server, device_python, workdir="bench")
     args = ["--precisions", "fp32", "--backends", "onnxruntime", "--target", "box", "--targets-file", str(targets)]
     main(["run", "--models", "digits_cnn", *args, *QUICK])
     sent = sorted((server.home / "bench" / "artifacts").rglob("model.onnx"))
@@ -128,13 +125,13 @@ def _cell(backend: str = "onnxruntime", precision: str = "fp32") -> Cell:
     return Cell("digits_cnn", "onnx", backend, precision, target="box")
 
 
-def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(server, client_home):
+def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(server, client_home, device_python):
     def kill_in_timing(cell, stage):
         if cell.precision == "fp32" and stage == "time":
             for process in _device_workers(server.home):
                 process.kill()
 
-    first, second = _remote_run(server, [_cell(), _cell(precision="int8")], kill_in_timing)
+    first, second = _remote_run(server, [_cell(), _cell(precision="int8")], kill_in_timing, python=str(device_python))
     deadline = time.monotonic() + 10
     while _device_workers(server.home) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -144,7 +141,23 @@ def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(s
     assert second.status == "ok", second.reason
 
 
-def test_the_server_stopping_mid_run_fails_cells_with_reasons_and_no_hang(keys, client_home, tmp_path):
+def test_a_device_worker_gone_between_cells_is_started_again_for_the_next(server, client_home, device_python):
+    killed = []
+
+    def kill_when_converting(cell, stage):  # the device's worker is idle while this machine converts
+        if cell.precision == "int8" and stage == "convert" and not killed:
+            for process in _device_workers(server.home):
+                process.kill()
+                process.wait(10)
+                killed.append(process.pid)
+
+    first, second = _remote_run(server, [_cell(), _cell(precision="int8")], kill_when_converting,
+                                python=str(device_python))
+    assert first.status == "ok", first.reason
+    assert killed and second.status == "ok", second.reason
+
+
+def test_the_server_stopping_mid_run_fails_cells_with_reasons_and_no_hang(keys, client_home, tmp_path, device_python):
     doomed = Server(tmp_path, keys["root"] / "host_key", keys["root"] / "authorized_keys")
     host_key = keys["host"].export_public_key().decode().strip()
     with open(client_home / ".ssh" / "known_hosts", "a") as known:
@@ -156,7 +169,8 @@ def test_the_server_stopping_mid_run_fails_cells_with_reasons_and_no_hang(keys, 
 
     started = time.monotonic()
     try:
-        results = _remote_run(doomed, [_cell(), _cell("openvino"), _cell(precision="int8")], stop_in_timing)
+        results = _remote_run(doomed, [_cell(), _cell("openvino"), _cell(precision="int8")], stop_in_timing,
+                              python=str(device_python))
     finally:
         doomed.stop()
     assert time.monotonic() - started < 60
@@ -167,7 +181,7 @@ def test_the_server_stopping_mid_run_fails_cells_with_reasons_and_no_hang(keys, 
 
 
 def test_a_refused_key_fails_every_cell_there_with_one_line(server, client_home, keys, tmp_path, capsys):
-    targets = _targets_file(tmp_path, server, identity_file=str(keys["root"] / "stranger_key"))
+    targets = _targets_file(tmp_path, server, sys.executable, identity_file=str(keys["root"] / "stranger_key"))
     started = time.monotonic()
     code = main(["run", "--models", "digits_cnn", "--backends", "onnxruntime,openvino", "--precisions", "fp32",
                  "--target", "box", "--targets-file", str(targets), *QUICK, "-o", str(tmp_path / "out.json")])
@@ -202,11 +216,11 @@ def test_a_target_cell_keeps_its_target_in_id_and_key():
     assert run_cells({}, []) == []
 
 
-def test_the_pytest_plugin_runs_the_same_cells_on_a_target(pytester, server, client_home, tmp_path):
+def test_the_pytest_plugin_runs_the_same_cells_on_a_target(pytester, server, client_home, tmp_path, device_python):
     # pytester sets HOME to its own folder: client_home, asked for after it, puts the SSH set-up there
     """`pytest --target box --target local`: each cell once per machine, `-k box` picks the device's."""
     pytester.makepyfile(test_deploy="from deploybench.harness.suite import test_memory, test_precision  # noqa\n")
-    targets = _targets_file(tmp_path, server)
+    targets = _targets_file(tmp_path, server, device_python)
     common = ["-p", "no:cacheprovider", "--models", "digits_cnn", "--backends", "onnxruntime", "--precisions", "fp32",
               "--target", "box", "--target", "local", "--targets-file", str(targets), "--min-time", "0.2"]
     listed = pytester.runpytest_subprocess("--co", "-q", *common)
@@ -237,3 +251,30 @@ def test_a_target_cell_is_never_re_measured_here_by_the_gate():
     cell = _cell()
     with pytest.raises(DeployBenchError, match="measured on box, and an interleaved re-run happens on the machine"):
         interleave_results(Result(cell=cell), Result(cell=cell))
+
+
+def test_in_process_models_cannot_go_to_a_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--models", "digits_cnn", "--in-process", "--target", "ssh://pi@192.0.2.1", "--no-progress"]) == 2
+    assert "model digits_cnn runs in this process (in-process (--in-process" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_issue_matrix_on_a_device_without_pytorch(server, client_home, tmp_path, device_python):
+    """Issue 14's run: digits_cnn and resnet18 on ONNX Runtime and OpenVINO, fp32 and int8, on a device
+    whose Python has no PyTorch; every cell ok there, judged as here."""
+    targets = _targets_file(tmp_path, server, device_python)
+    args = ["--models", "digits_cnn,resnet18", "--backends", "onnxruntime,openvino", "--precisions", "fp32,int8",
+            *QUICK]
+    assert main(["run", *args, "--target", "box", "--targets-file", str(targets), "-o", str(tmp_path / "r.json")]) == 0
+    assert main(["run", *args, "-o", str(tmp_path / "l.json")]) == 0
+    remote = json.loads((tmp_path / "r.json").read_text())
+    there = {c["model"] + c["format"] + c["backend"] + c["precision"]: c for c in remote["cells"]}
+    here = {c["model"] + c["format"] + c["backend"] + c["precision"]: c
+            for c in json.loads((tmp_path / "l.json").read_text())["cells"] if c["format"] != "torch"}
+    assert set(there) >= set(here) and len(here) == 12
+    for key, cell in here.items():
+        assert there[key]["status"] == "ok", there[key]["reason"]
+        assert there[key]["accuracy"]["max_abs_error"] == pytest.approx(cell["accuracy"]["max_abs_error"], rel=1e-5)
+        assert there[key]["accuracy"]["cosine"] == pytest.approx(cell["accuracy"]["cosine"], abs=1e-9)
+    assert remote["machine"]["libraries"]["torch"] is None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._registry import Registry
-from ..spec import INT8_PRECISIONS, Artifact, DeployBenchError, ModelSpec, TensorSpec
+from ..spec import INT8_PRECISIONS, Artifact, DeployBenchError, ModelSpec, NotSupported, TensorSpec
 from .cache import ConversionCache, default_cache_dir, model_fingerprint
 
 CONVERTERS = Registry("format", "deploybench.converters", {
@@ -41,9 +41,13 @@ def deploy_model(model: Any, target: str, output_dir: str | Path | None = None, 
     asking for the same conversion at once run it once: the others wait for it and read the result.
     """
     spec = _as_spec(model, example_inputs)
+    _check_torch(spec)
     convert = CONVERTERS.get(target)
-    if spec.factory is None and spec.source_format == target and precision == "fp32":
-        return artifact_from_path(spec.source_path)
+    if spec.factory is None and spec.source_format == target:
+        artifact = artifact_from_path(spec.source_path)
+        # a file already in the asked precision (an int8 file a host quantized for a device) is its own artifact
+        if precision in ("fp32", artifact.precision):
+            return artifact
     store = ConversionCache(Path(output_dir) if output_dir else default_cache_dir())
     options = {**cpu_defaults(target, precision), **accuracy_defaults(spec, precision), **options}
     from .pytorch import trust_folder
@@ -101,8 +105,19 @@ def spec_from_file(path: Path) -> ModelSpec:
 
 
 
+def _check_torch(spec: ModelSpec) -> None:
+    """A PyTorch source is built and exported with torch; a device with only the runtime install has none,
+    which is a skip that says where such a model converts, not a ModuleNotFoundError from its factory."""
+    import importlib.util
+
+    if spec.factory is not None and importlib.util.find_spec("torch") is None:
+        raise NotSupported(f"{spec.name} is a PyTorch model and torch is not installed here: convert it on a host "
+                           "(pip install 'deploybench[host]') or run its exported file")
+
+
 def torch_artifact(spec: ModelSpec, precision: str = "fp32") -> Artifact:
     """The in-memory 'artifact' of a PyTorch source: no file; the model's nn.Module (built here) and specs."""
+    _check_torch(spec)
     return Artifact(format="torch", path=Path(f"<{spec.name}>"), precision=precision, inputs=spec.inputs,
                     outputs=tuple(TensorSpec(n, ()) for n in spec.output_names), files=(),
                     metadata={"model": spec.name, "task": spec.task, "task_config": spec.task_config,

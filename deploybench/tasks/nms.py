@@ -12,9 +12,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_thresh
 
     Boxes of different classes never suppress each other; within a class a box is dropped when
     its IoU with a better-scoring kept box exceeds ``iou_threshold``. ``max_detections`` > 0 caps
-    the count. Uses OpenCV's ``cv2.dnn.NMSBoxesBatched``.
+    the count. Uses OpenCV's ``cv2.dnn.NMSBoxesBatched``, else ``nms_numpy`` (a device with only the runtime
+    install has no OpenCV; the two keep the same boxes).
     """
-    import cv2
+    try:
+        import cv2
+    except ImportError:
+        return nms_numpy(boxes, scores, class_ids, iou_threshold, max_detections)
 
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) == 0:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -94,4 +95,10 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-__all__ = ["CPU_FLAGS", "LIBRARIES", "library_versions", "machine_id", "machine_info"]
+def imported_packages(names: Sequence[str]) -> list[str]:
+    """Which of the top-level packages ``names`` this process has imported: asked of a device's worker
+    (a ``call`` request), it shows the libraries a run there really loaded, e.g. never torch."""
+    return [name for name in names if name in sys.modules]
+
+
+__all__ = ["CPU_FLAGS", "LIBRARIES", "imported_packages", "library_versions", "machine_id", "machine_info"]

@@ -83,9 +83,11 @@ class Progress:
         self._bar = None
         self._stage, self._since, self._said = "", 0.0, True
         self._lock, self._done = threading.Lock(), threading.Event()
-        if enabled:
+        try:
             from tqdm import tqdm
-
+        except ImportError:  # a device with only the runtime install: no bar, the table still comes
+            enabled = False
+        if enabled:
             self._bar = tqdm(total=total, file=sys.stderr, unit="cell", dynamic_ncols=True, leave=False)
             threading.Thread(target=self._watch, args=(announce_after,), daemon=True).start()
 
@@ -254,6 +256,11 @@ def on_targets(targets: Sequence[Any], opened, cells: Sequence[Cell], settings: 
     worker on each device for each model, sharing the model's worker here (by ``worker_key``)."""
     from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices
 
+    for info, worker in opened:
+        if not isinstance(worker, Worker) and any(t is not None for t in targets):
+            raise DeployBenchError(f"model {info.name} runs in this process ({worker.isolation}); a target's cells "
+                                   "are converted and judged by a worker process here: drop --in-process, or give "
+                                   "the model as a ref a process can resolve (file.py:factory, a model file)")
     devices = open_devices([t for t in targets if t is not None], settings)
     workers = {worker_key(info.name, device.target.name): RemoteWorker(worker, device, settings, verbose)
                for device in devices for info, worker in opened}

@@ -126,6 +126,7 @@ class RemoteWorker(Worker):
         return self.local._call(message, stage=stage)
 
     def open(self) -> ModelInfo:
+        self._forget_if_gone()
         if self._process is None:
             if self.device.unreachable is not None:
                 raise self.device.unreachable
@@ -172,6 +173,7 @@ class RemoteWorker(Worker):
             if on_stage is not None:
                 on_stage(stage)
             folder = self.device.send(shipment, timeout=self.settings.timeout_s)
+            self.open()  # started again if it ended while this machine converted
             result = self._call(("shipped-cell", cell, self.settings, tuple(measures), shipment.at(folder)),
                                 stage="", on_stage=on_stage)
         except WorkerDied as died:

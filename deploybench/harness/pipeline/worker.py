@@ -110,6 +110,7 @@ class Worker:
     def open(self) -> ModelInfo:
         """Start the worker and resolve the model there; a user's mistake raises one clear line, a crash
         raises ``WorkerDied`` (stage ``resolve``)."""
+        self._forget_if_gone()
         if self._process is None:
             try:
                 self._start()
@@ -121,6 +122,12 @@ class Worker:
                 self._discard_process()
                 raise
         return self.info
+
+    def _forget_if_gone(self) -> None:
+        """A worker that ended between requests (killed while idle, its device rebooted) is started afresh by
+        the next one rather than failing it."""
+        if self._process is not None and not self._busy and self._process.poll() is not None:
+            self._discard_process()
 
     def close(self) -> None:
         if self._busy:  # interrupted mid-request: the worker is not listening

@@ -209,6 +209,22 @@ def ratio_text(ratio: float | None, ci: Sequence[float] | None) -> str:
     return text + f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else text
 
 
+def simple_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """Rows under headers in tabulate's "simple" layout, cells as given. tabulate draws it where it is
+    installed; a device that has only the runtime install (no tabulate) still prints its results,
+    in the layout "simple" gives text cells: left-aligned columns two spaces apart."""
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        text = [[str(h) for h in headers], *([("" if c is None else str(c)) for c in row] for row in rows)]
+        # tabulate's minimum: a header and two spaces
+        widths = [max(len(text[0][i]) + 2, *(len(row[i]) for row in text[1:])) for i in range(len(headers))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in text]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        return "\n".join(lines)
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
 def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None = None) -> str:
     """The matrix as plain text: one table per model, then skipped / failed cells with their reasons.
 
@@ -216,8 +232,6 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
     their status; a cell's notes (why its accuracy fails, random calibration, a timing cut short by the
     cap) are numbered markers in its row and numbered lines under its table.
     """
-    from tabulate import tabulate
-
     results = list(results)
     lines: list[str] = []
     if machine:
@@ -229,7 +243,7 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
         footnotes = Footnotes()
         headers, table = with_detector_columns(
             COLUMNS, [cell_row(r, r is group.best, footnotes) for r in group.rows], group.rows)
-        lines.append(tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
+        lines.append(simple_table(table, headers))
         lines.extend(footnotes.lines())
         if is_detector(group.rows):
             lines.append(DETECTOR_LEGEND)
@@ -262,4 +276,4 @@ def terminal_table(results: Sequence[Result], machine: Mapping[str, Any] | None 
 
 
 __all__ = ["BEST_MARK", "COLUMNS", "DETECTOR_COLUMNS", "UNSTABLE_MARK", "ModelGroup", "best_cells", "model_groups",
-           "model_key", "terminal_table"]
+           "model_key", "simple_table", "terminal_table"]
