@@ -37,6 +37,7 @@ _LAZY = {
     "recommend": "deploybench.harness.recommend",
     "Budgets": "deploybench.harness.recommend",
     "Recommendation": "deploybench.harness.recommend",
+    "search_recommend": "deploybench.harness.recommend.search_run",
     "Detections": "deploybench.tasks.detection",
     "Classifications": "deploybench.tasks.classification",
 }

@@ -166,6 +166,34 @@ def run_matrix(args: argparse.Namespace):
     from .harness.run import run_deployment_benchmark
     from .harness.pipeline.plan import parse_shard
     from .harness.report.matrix import Matrix
+
+    shard = parse_shard(args.shard) if args.shard else None
+    request = run_request(args)
+    resume = Matrix.load(args.resume) if args.resume else None
+    from .harness.remote.targets import targets_to_run
+
+    targets = targets_to_run(args.target, args.targets_file) if args.target else ()
+    stop_on_sigterm()
+    return run_deployment_benchmark(**request, progress=not args.no_progress, shard=shard, verbose=args.verbose,
+                                    resume=resume, targets=targets)
+
+
+def search_matrix(args: argparse.Namespace):
+    """``deploybench recommend --search-time``: the cells ``args`` name, searched under the time budget through
+    the same workers and pipeline ``run_matrix`` uses; returns the ``Matrix``."""
+    from .harness.pipeline.matrix import stop_on_sigterm
+    from .harness.recommend.command import budgets_from_args
+    from .harness.recommend.search_run import parse_duration
+    from .harness.recommend.search_run import search_matrix as search
+
+    request = run_request(args)
+    stop_on_sigterm()
+    return search(**request, budgets=budgets_from_args(args), budget_s=parse_duration(args.search_time),
+                  progress=not args.no_progress, verbose=args.verbose)
+
+
+def run_request(args: argparse.Namespace) -> dict:
+    """What ``args`` ask to run: models, backends, precisions, settings and formats, each checked (one line)."""
     from .harness.results.io import check_writable
 
     refs = parse_csv(args.models)
@@ -175,7 +203,6 @@ def run_matrix(args: argparse.Namespace):
         raise DeployBenchError("--models is empty: name at least one model, e.g. --models digits_cnn")
     if not backends or not precisions:
         raise DeployBenchError("--backends and --precisions need at least one name each, e.g. --backends onnxruntime")
-    shard = parse_shard(args.shard) if args.shard else None
     check_writable(args.output)  # refused now, not after every cell was measured
     settings = settings_from_options(lambda dest: getattr(args, dest, None))
     from .resolve import ref_with_inputs
@@ -188,15 +215,8 @@ def run_matrix(args: argparse.Namespace):
                                f"zoo model(s) {', '.join(refs)} take the inputs they declare: size a dynamic axis "
                                "with --dims AXIS=N instead")
     models = [ref_with_inputs(ref, inputs) for ref in refs]
-    resume = Matrix.load(args.resume) if args.resume else None
-    from .harness.remote.targets import targets_to_run
-
-    targets = targets_to_run(args.target, args.targets_file) if args.target else ()
-    stop_on_sigterm()
-    return run_deployment_benchmark(models, backends=backends, precisions=precisions, settings=settings,
-                                    progress=not args.no_progress, shard=shard,
-                                    formats=parse_csv(args.formats) or None, verbose=args.verbose, resume=resume,
-                                    targets=targets)
+    return dict(models=models, backends=backends, precisions=precisions, settings=settings,
+                formats=parse_csv(args.formats) or None)
 
 
 def no_cell_matched(args: argparse.Namespace) -> int:
@@ -239,7 +259,8 @@ def recommend_command(args: argparse.Namespace) -> int:
     """``deploybench recommend``: the body is ``harness.recommend.command``; it runs cells through ``run_matrix``."""
     from .harness.recommend.command import recommend_command as decide
 
-    return decide(args, run=run_matrix, no_cell=no_cell_matched)
+    return decide(args, run=search_matrix if getattr(args, "search_time", None) else run_matrix,
+                  no_cell=no_cell_matched)
 
 
 def models_command(args: argparse.Namespace) -> int:

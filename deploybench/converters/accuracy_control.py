@@ -20,7 +20,7 @@ import numpy as np
 from ..spec import DeployBenchError, ModelSpec
 from ..spec.tolerances import TOLERANCES, precision_overrides
 from ..tasks.metrics import cosine_similarity
-from .calibration import DEFAULT_SAMPLES
+from .calibration import DEFAULT_SAMPLES, RESERVED_PAST_DEFAULT
 
 INT8AC = "int8ac"
 VALIDATION_SAMPLES = 64
@@ -100,7 +100,9 @@ def validation_samples(spec: ModelSpec, calibration_size: int = DEFAULT_SAMPLES,
     not judge on. Real data past both (``calibration_data``), else seeded random inputs."""
     if count < 1:
         raise DeployBenchError(f"validation_size {count} for model {spec.name!r}: use at least 1")
-    skip = max(calibration_size, DEFAULT_SAMPLES + HARNESS_HELD_OUT)
+    # a calibration set larger than the default ends RESERVED_PAST_DEFAULT samples later (calibration.py)
+    skip = calibration_size + RESERVED_PAST_DEFAULT if calibration_size > DEFAULT_SAMPLES else \
+        DEFAULT_SAMPLES + HARNESS_HELD_OUT
     if spec.calibration_data is not None:
         samples = list(spec.calibration_data(skip + count))[skip:skip + count]
         if samples:

@@ -28,6 +28,13 @@ SOURCE_RANDOM = "random (model has no calibration data)"
 # Random calibration inputs are drawn from seeds far from those a cell is judged on (the run's seed,
 # 0 by default, and the agreement samples' 1000 onwards), so no judged input shaped the int8 ranges.
 RANDOM_CALIBRATION_SEED = 50_000
+# The real samples right past the first DEFAULT_SAMPLES are what the harness judges a classifier on (64) and
+# what int8ac validates on (64): a larger calibration set skips them, so calibrating on more samples never
+# calibrates on the samples that judge the result.
+RESERVED_PAST_DEFAULT = 128
+# The converters that calibrate int8, and the option that sizes their calibration set.
+CALIBRATION_SIZE_OPTION = {"onnx": "calibration_size", "openvino": "calibration_size",
+                           "tflite": "calibration_samples", "tensorrt": "calibration_samples"}
 
 
 @dataclass
@@ -69,7 +76,7 @@ def calibration_inputs(spec: ModelSpec, n: int = DEFAULT_SAMPLES, seed: int = 0,
 
 def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
     if spec.calibration_data is not None:
-        samples = list(spec.calibration_data(n))[:n]
+        samples = _real_samples(spec, n)
         if samples:
             names = set(spec.input_names)
             for sample in samples:
@@ -80,6 +87,14 @@ def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
             return Calibration([{k: np.asarray(v) for k, v in s.items()} for s in samples], source, seed)
     samples = [spec.make_inputs(seed=RANDOM_CALIBRATION_SEED + seed + i) for i in range(n)]
     return Calibration(samples, SOURCE_RANDOM, seed)
+
+
+def _real_samples(spec: ModelSpec, n: int) -> list:
+    if n <= DEFAULT_SAMPLES:
+        return list(spec.calibration_data(n))[:n]
+    skip = DEFAULT_SAMPLES + RESERVED_PAST_DEFAULT
+    data = list(spec.calibration_data(skip + n - DEFAULT_SAMPLES))
+    return data[:DEFAULT_SAMPLES] + data[skip:skip + n - DEFAULT_SAMPLES]
 
 
 def use_calibration_file(spec: ModelSpec, path: str | Path) -> None:
@@ -109,8 +124,9 @@ def use_calibration_file(spec: ModelSpec, path: str | Path) -> None:
 
 def _cache_path(spec: ModelSpec, n: int, seed: int, cache_dir: str | Path | None) -> Path:
     root = Path(cache_dir) if cache_dir else default_cache_dir()
+    layout = [RESERVED_PAST_DEFAULT] if n > DEFAULT_SAMPLES else []  # larger sets once took the judged samples
     key = hashlib.sha256(json.dumps([model_fingerprint(spec), n, seed, spec.calibration_source,
-                                     RANDOM_CALIBRATION_SEED]).encode()).hexdigest()[:16]
+                                     RANDOM_CALIBRATION_SEED, *layout]).encode()).hexdigest()[:16]
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
     return root / "calibration" / f"{safe_name}-n{n}-s{seed}-{key}.npz"
 
@@ -148,4 +164,4 @@ def _load(path: Path) -> Calibration | None:
     return Calibration(samples, meta["source"], meta["seed"])
 
 
-__all__ = ["Calibration", "DEFAULT_SAMPLES", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs", "use_calibration_file"]
+__all__ = ["CALIBRATION_SIZE_OPTION", "Calibration", "DEFAULT_SAMPLES", "RESERVED_PAST_DEFAULT", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs", "use_calibration_file"]

@@ -27,10 +27,13 @@ class Cell:
 
     ``dims`` sets dynamic axes (``(("batch", 8),)``: batch 8; an axis not named takes the model's
     default); ``threads`` 0 leaves the thread count to the run's setting (or the backend);
-    ``shapes`` is ``static`` (compiled for the cell's shape) or ``dynamic``; ``target`` names the device
-    it runs on (``run --target pi``), empty for this machine. The id names only what differs from the
-    defaults: ``resnet18-onnx-openvino-fp32``, ``resnet18-onnx-openvino-fp32-b8-t2``,
-    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``, ``resnet18-onnx-onnxruntime-fp32@pi``.
+    ``shapes`` is ``static`` (compiled for the cell's shape) or ``dynamic``; ``prune`` is the fraction of
+    conv channels structured pruning removes (0: the model as it is); ``calibration`` the number of int8
+    calibration samples (0: the converter's default); ``target`` names the device it runs on (``run --target
+    pi``), empty for this machine. The id names only what differs from the defaults:
+    ``resnet18-onnx-openvino-fp32``, ``resnet18-onnx-openvino-fp32-b8-t2``,
+    ``tiny_transformer-onnx-onnxruntime-fp32-seq256-dynamic-offline``, ``resnet18-onnx-openvino-int8-pr30-cal256``,
+    ``resnet18-onnx-onnxruntime-fp32@pi``.
     """
 
     model: str
@@ -41,10 +44,14 @@ class Cell:
     threads: int = 0
     shapes: str = STATIC
     scenario: str = SINGLE_STREAM
+    prune: float = 0.0
+    calibration: int = 0
     target: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "dims", tuple((str(name), int(size)) for name, size in self.dims))
+        object.__setattr__(self, "prune", float(self.prune))
+        object.__setattr__(self, "calibration", int(self.calibration))
 
     @property
     def id(self) -> str:
@@ -60,7 +67,9 @@ class Cell:
         parts = [f"b{size}" if name == "batch" else f"{name}{size}" for name, size in self.dims]
         parts += [f"t{self.threads}"] if self.threads else []
         parts += [self.shapes] if self.shapes != STATIC else []
-        return parts + ([self.scenario] if self.scenario != SINGLE_STREAM else [])
+        parts += [self.scenario] if self.scenario != SINGLE_STREAM else []
+        parts += [f"pr{self.prune * 100:g}"] if self.prune else []
+        return parts + ([f"cal{self.calibration}"] if self.calibration else [])
 
     @property
     def dim_sizes(self) -> dict[str, int]:
@@ -69,17 +78,21 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dims"] = dict(self.dims)
+        for name in ("prune", "calibration"):  # an unpruned, default-calibrated cell reads as it did before
+            if not data[name]:
+                del data[name]
         if not self.target:  # a cell of this machine reads as it did before cells had targets
             del data["target"]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cell:
-        """A cell from a results file; files written before cells had dims, threads, shapes and a
-        scenario read as the plain cell they measured."""
+        """A cell from a results file; files written before cells had dims, threads, shapes, a scenario, a
+        prune amount and a calibration size read as the plain cell they measured."""
         return cls(data["model"], data["format"], data["backend"], data["precision"],
                    dims=tuple((data.get("dims") or {}).items()), threads=int(data.get("threads") or 0),
                    shapes=data.get("shapes") or STATIC, scenario=data.get("scenario") or SINGLE_STREAM,
+                   prune=float(data.get("prune") or 0.0), calibration=int(data.get("calibration") or 0),
                    target=str(data.get("target") or ""))
 
 

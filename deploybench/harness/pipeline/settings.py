@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from deploybench.harness.measure.process import DEFAULT_TIMEOUT_S
+from deploybench.harness.pipeline.sweep_options import counts, fractions, option_values
 from deploybench.harness.measure.timing import DEFAULT_CAP_OVER_MIN_TIME, DEFAULT_SLOW_MODEL_CAP_S, TimingRules
-from deploybench.spec import (DYNAMIC, PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell, DeployBenchError,
-                              parse_csv, parse_fraction)
+from deploybench.spec import (DYNAMIC, INT8_PRECISIONS, PRECISIONS, SCENARIOS, SERVER, SINGLE_STREAM, STATIC, Cell,
+                              DeployBenchError, parse_csv, parse_fraction)
 
 # What a run measures when nothing is named (the CLI's defaults and the pytest plugin's).
 DEFAULT_MODELS = ("digits_cnn",)
@@ -50,15 +51,24 @@ SHAPES = (STATIC, DYNAMIC)
 @dataclass(frozen=True)
 class Sweep:
     """What each planned cell is measured at; every combination is a cell of its own (``Cell.dims``,
-    ``threads``, ``shapes``, ``scenario``). Empty: one plain cell, at the model's default sizes."""
+    ``threads``, ``shapes``, ``scenario``, ``prune``, ``calibration``). Empty: one plain cell, at the model's
+    default sizes. Calibration sizes apply to int8 cells only: on a precision that does not calibrate they
+    would measure the very same artifact again under another id, so they are not planned there."""
 
     batch_sizes: tuple[int, ...] = ()
     dims: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (("seq", (16, 64, 256)),)
     threads: tuple[int, ...] = ()
     shapes: tuple[str, ...] = (STATIC,)
     scenarios: tuple[str, ...] = (SINGLE_STREAM,)
+    prunes: tuple[float, ...] = (0.0,)
+    calibrations: tuple[int, ...] = (0,)
 
     def __post_init__(self):
+        if not self.prunes or any(not 0.0 <= p < 1.0 for p in self.prunes):
+            raise DeployBenchError(f"prune amounts {list(self.prunes)} must be fractions in [0, 1), e.g. --prune 0,0.25,0.5")
+        if not self.calibrations or any(not isinstance(n, int) or n < 0 for n in self.calibrations):
+            raise DeployBenchError(f"calibration sizes {list(self.calibrations)} must be whole numbers (0: the "
+                                   "converter's default), e.g. --calibration-samples 64,256")
         sizes = [*self.batch_sizes, *self.threads, *(n for _, values in self.dims for n in values)]
         if any(not isinstance(n, int) or n < 1 for n in sizes):
             raise DeployBenchError(f"sweep sizes {sizes} must be positive integers, e.g. --batch-sizes 1,8,32")
@@ -73,13 +83,17 @@ class Sweep:
         """The keyword arguments of ``Cell`` for each combination, in sweep order."""
         axes = ([("batch", self.batch_sizes)] if self.batch_sizes else []) + list(self.dims)
         dims_options = list(itertools.product(*[[(name, n) for n in values] for name, values in axes]))
-        return [dict(dims=dims, threads=threads, shapes=shapes, scenario=scenario)
+        return [dict(dims=dims, threads=threads, shapes=shapes, scenario=scenario, prune=prune, calibration=samples)
                 for dims in dims_options for threads in (self.threads or (0,))
-                for shapes in self.shapes for scenario in self.scenarios]
+                for shapes in self.shapes for scenario in self.scenarios
+                for prune in self.prunes for samples in self.calibrations]
 
     def expand(self, cells: list[Cell]) -> list[Cell]:
-        """Each planned cell at every combination of the sweep."""
-        return [dataclasses.replace(cell, **variant) for cell in cells for variant in self.variants()]
+        """Each planned cell at every combination of the sweep (a calibration size only on an int8 cell)."""
+        expanded = [dataclasses.replace(cell, **{**variant, **({} if cell.precision in INT8_PRECISIONS else
+                                                                {"calibration": 0})})
+                    for cell in cells for variant in self.variants()]
+        return list(dict.fromkeys(expanded))
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,15 @@ OPTIONS: tuple[Option, ...] = (
         dest="calibration_data", default=None, metavar="FILE.npz",
         help="calibrate int8 on these samples: one array per model input, samples along axis 0 (default: the "
              "model's own calibration data, else seeded random inputs, which every report then points out)")),
+    Option(("--prune",), ("--prune",), dict(
+        dest="prune", type=fractions("--prune"), default=None, metavar="F[,F...]",
+        help="measure each cell of a PyTorch model at these structured prune amounts (the fraction of conv "
+             "channels removed; 0 keeps the model), e.g. 0,0.25,0.5 (ids end in -pr25); accuracy is still "
+             "judged against the unpruned fp32 model")),
+    Option(("--calibration-samples",), ("--calibration-samples",), dict(
+        dest="calibration_samples", type=counts("--calibration-samples"), default=None, metavar="N[,N...]",
+        help="calibrate each int8 cell on these numbers of samples, e.g. 64,256 (ids end in -cal256; default: "
+             "the converter's, 64); not planned for precisions that do not calibrate")),
     Option(("--in-process",), ("--in-process",), dict(
         dest="in_process", action="store_true", default=False,
         help="run model code in this process, for a debugger: gives up isolation, so a model or backend "
@@ -371,7 +394,9 @@ def settings_from_options(get: Callable[[str], Any]) -> RunSettings:
                   threads=threads if len(threads) > 1 else (),
                   # a command line's tuple, or a [tool.deploybench] string or list: Sweep validates the names
                   shapes=tuple(parse_csv(value("shapes"))) or (STATIC,),
-                  scenarios=tuple(parse_csv(value("scenarios"))) or (SINGLE_STREAM,))
+                  scenarios=tuple(parse_csv(value("scenarios"))) or (SINGLE_STREAM,),
+                  prunes=option_values(value("prune"), fractions("--prune")) or (0.0,),
+                  calibrations=option_values(value("calibration_samples"), counts("--calibration-samples")) or (0,))
     budget = value("p99_budget_ms")
     return RunSettings(
         threads=threads[0] if len(threads) == 1 else None, seed=int(value("seed")), sweep=sweep,

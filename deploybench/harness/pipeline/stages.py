@@ -100,14 +100,17 @@ def convert(spec: ModelSpec, cell: Cell, settings: RunSettings, cpu_flags: froze
     criteria the cell is judged by (the run's tolerance overrides included). ``cpu_flags``: the CPU it
     will run on when that is another machine's (a target's), else this one."""
     from deploybench.converters import cpu_defaults, deploy_model, torch_artifact
+    from deploybench.harness.pipeline.variant import calibration_options, cell_model
 
+    spec = cell_model(spec, cell)
     if cell.format == "torch":
         return torch_artifact(spec, precision=cell.precision)
     if cell.precision in INT8_PRECISIONS and settings.calibration_data and not spec.calibration_source:
         from deploybench.converters.calibration import use_calibration_file
 
         use_calibration_file(spec, settings.calibration_data)
-    options = cpu_defaults(cell.format, cell.precision, cpu_flags) if cpu_flags is not None else {}
+    options = {**(cpu_defaults(cell.format, cell.precision, cpu_flags) if cpu_flags is not None else {}),
+               **calibration_options(cell)}
     if cell.precision == "int8ac":
         from deploybench.converters.accuracy_control import int8_criteria
 
@@ -177,6 +180,9 @@ def measure_memory(session: ModelSession, cell: Cell, artifact: Artifact, settin
     from deploybench.harness.measure.memory import benchmark_memory_usage
 
     source = session.source
+    if cell.format == "torch" and cell.prune:  # a fresh process rebuilds the model from its source: unpruned
+        result.extra["memory"] = "not measured: the memory child rebuilds the unpruned model"
+        return
     if cell.format == "torch" and source is None:
         try:
             source = ModelSource.of(session.spec)

@@ -41,6 +41,8 @@ examples:
   deploybench recommend --models digits_cnn,resnet18 --backends onnxruntime,openvino --precisions fp32,int8 \\
       --max-accuracy-drop 1% --output results.json --markdown recommendation.md --html report.html
   deploybench recommend results.json --scenario offline --min-throughput 100 --json recommendation.json
+  deploybench recommend --models resnet18 --backends onnxruntime,openvino --precisions fp32,int8 \\
+      --max-accuracy-drop 1% --search-time 10m
 """
 
 
@@ -71,6 +73,12 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
                              "metric, agreement (1 - top-1 agreement with the reference), cosine")
     choice.add_argument("--allow-tolerance-failures", action="store_true",
                         help="weigh cells that miss their precision's accuracy tolerance too (refused by default)")
+    search = parser.add_argument_group("search (with --models)")
+    search.add_argument("--search-time", metavar="TIME", default=None,
+                        help="instead of every cell of the cross-product, measure the base cells, then explore prune "
+                             "amounts (--prune, default 0.1,0.25,0.5) and larger int8 calibration sets "
+                             "(--calibration-samples, default 256,1024) where they can still win, for at most TIME "
+                             "(e.g. 10m, 90s); what was not explored is said, with why")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--json", metavar="FILE", help="write the recommendation as JSON")
     outputs.add_argument("--markdown", metavar="FILE", help="write the recommendation as Markdown (a PR comment)")
@@ -110,6 +118,16 @@ def recommend_command(args: argparse.Namespace, run: Callable, no_cell: Callable
     if args.results and args.output:
         raise DeployBenchError("--output writes the results of a run; with a RESULTS file nothing is run "
                                "(use --json FILE for the recommendation)")
+    if getattr(args, "search_time", None) is not None:
+        from deploybench.harness.recommend.search_run import parse_duration
+
+        parse_duration(args.search_time)
+        if args.results or getattr(args, "resume", None) or getattr(args, "shard", None):
+            raise DeployBenchError("--search-time runs the cells it chooses: give --models, without a RESULTS file, "
+                                   "--resume or --shard")
+        if getattr(args, "target", None):
+            raise DeployBenchError("--search-time searches on this machine only: measure a target's cells with "
+                                   "`deploybench run --target NAME --output FILE`, then recommend from FILE")
     if not args.results and not args.models:
         raise DeployBenchError("name a RESULTS file to decide from, or --models (with --backends and --precisions) "
                                "to run the cells first, e.g. deploybench recommend results.json --max-accuracy-drop 1%")
@@ -137,6 +155,9 @@ def recommend_command(args: argparse.Namespace, run: Callable, no_cell: Callable
     budgets = budgets_from_args(args, measured_scenario(matrix.results))
     recommendation = recommend(matrix, budgets)
     recommendation.source = source
+    from deploybench.harness.recommend.search_run import search_lines
+
+    recommendation.search = search_lines(matrix)
     if not any(m.front or m.rejected or m.not_run for m in recommendation.models):
         print(f"{PROG}: no cell of {source} measured the {budgets.scenario} scenario"
               + (f" (its cells: {_scenarios_in(matrix.results)})" if matrix.results else ": it has no cell"),

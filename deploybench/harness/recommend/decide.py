@@ -37,7 +37,10 @@ def broken_budgets(figures: CellFigures, budgets: Budgets) -> list[Broken]:
     measure breaks it: a recommendation never rests on a figure nobody measured."""
     broken = []
     result = figures.result
-    if not budgets.allow_tolerance_failures and not result.passes_accuracy:
+    # A pruned model is another model: its precision's tolerance (fidelity of the conversion) cannot hold, and
+    # the accuracy budget is what judges it; without one it stays judged by the tolerance, and rejected.
+    judged_by_budget = bool(result.cell.prune) and budgets.accuracy_drop is not None
+    if not budgets.allow_tolerance_failures and not result.passes_accuracy and not judged_by_budget:
         message = result.tolerance.message if result.tolerance else ""
         broken.append(Broken("tolerance", f"fails its precision's tolerance ({message})", 1.0))
     if budgets.accuracy_drop is not None:

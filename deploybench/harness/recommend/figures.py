@@ -65,9 +65,9 @@ class CellFigures:
 
 def reference_metric(rows: Sequence[Result]) -> tuple[float, str] | None:
     """(the reference's task metric, where it came from) among one group's cells, or None when no fp32 cell
-    measured it: the torch fp32 cell's value, else the highest of the fp32 cells'."""
-    fp32 = [r for r in rows if r.ok and r.cell.precision == REFERENCE_PRECISION and r.accuracy is not None
-            and r.accuracy.metric_value is not None]
+    measured it: the torch fp32 cell's value, else the highest of the unpruned fp32 cells'."""
+    fp32 = [r for r in rows if r.ok and r.cell.precision == REFERENCE_PRECISION and not r.cell.prune
+            and r.accuracy is not None and r.accuracy.metric_value is not None]  # a pruned model is no reference
     torch = [r for r in fp32 if r.cell.format == "torch" and r.cell.backend == "torch"]
     if torch:
         return float(torch[0].accuracy.metric_value), f"the torch fp32 cell ({torch[0].cell.id})"

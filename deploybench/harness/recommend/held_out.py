@@ -75,7 +75,7 @@ def confirm_held_out(figures: CellFigures, settings: Mapping[str, Any] | None = 
         return HeldOut(True, count, f"confirmed on {count} held-out samples ({drop.figure}); calibration used "
                                     "seeded random inputs, so its ranges are not the ones a real deployment gets")
     else:
-        pool = _calibration_digests(spec.name)
+        pool = _calibration_digests(spec.name, _pool_size(result.cell.calibration))
         where = f"the first {len(pool)} samples of its calibration data"
     shared = len(held_out & pool)
     if shared:
@@ -128,9 +128,17 @@ def _held_out_digests(model: str) -> frozenset[str]:
 
 
 @functools.cache
-def _calibration_digests(model: str) -> frozenset[str]:
+def _calibration_digests(model: str, size: int = CALIBRATION_POOL) -> frozenset[str]:
     spec = _zoo_spec(model)
-    return frozenset(_digest(sample) for sample in spec.calibration_data(CALIBRATION_POOL))
+    return frozenset(_digest(sample) for sample in spec.calibration_data(size))
+
+
+def _pool_size(calibration: int) -> int:
+    """How many samples of the calibration data a cell calibrated on ``calibration`` samples may have drawn
+    from: a set larger than the default skips the judged and validation samples and ends that much later."""
+    from deploybench.converters.calibration import DEFAULT_SAMPLES, RESERVED_PAST_DEFAULT
+
+    return max(CALIBRATION_POOL, calibration + RESERVED_PAST_DEFAULT if calibration > DEFAULT_SAMPLES else 0)
 
 
 @functools.cache

@@ -109,6 +109,7 @@ class Recommendation:
     models: list[ModelRecommendation]
     machine: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    search: list[str] = field(default_factory=list)  # a search's account: what it tried, where and why it stopped
 
     @property
     def fits(self) -> bool:
@@ -205,7 +206,8 @@ def _recommend_model(key: tuple, rows: list[Result], budgets: Budgets, settings:
 
 def run_command_line(result: Result, settings: Mapping[str, Any] | None = None) -> str:
     """The ``deploybench run`` command that measures this one cell again, with the settings that shaped it:
-    threads, sizes, the dynamic compile, the scenario, tolerance overrides, calibration data and seed."""
+    threads, sizes, the dynamic compile, the scenario, the prune amount, the calibration size and data,
+    tolerance overrides and seed."""
     settings = dict(settings or {})
     cell = result.cell
     words = ["deploybench", "run", "--models", result.model_ref or cell.model, "--formats", cell.format,
@@ -228,6 +230,10 @@ def run_command_line(result: Result, settings: Mapping[str, Any] | None = None) 
     for precision, criteria in sorted((settings.get("tolerances") or {}).items()):
         for name, value in sorted((criteria or {}).items()):
             words += ["--tolerance", f"{precision}:{name}={value}"]
+    if cell.prune:
+        words += ["--prune", f"{cell.prune:g}"]
+    if cell.calibration:
+        words += ["--calibration-samples", str(cell.calibration)]
     if settings.get("calibration_data") and "int8" in cell.precision:
         words += ["--calibration-data", str(settings["calibration_data"])]
     if settings.get("seed"):

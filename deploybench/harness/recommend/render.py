@@ -141,6 +141,8 @@ def terminal_recommendation(recommendation: Recommendation) -> str:
     missing = [m.name for m in recommendation.models if not m.fits]
     if missing:
         lines += ["", f"nothing fits for {', '.join(missing)}: loosen a budget, or measure more cells"]
+    if recommendation.search:
+        lines += ["", *recommendation.search]
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +179,9 @@ def markdown_recommendation(recommendation: Recommendation) -> str:
             parts.append(f"<details><summary>{len(answer.not_run)} not run</summary>\n\n{items}\n\n</details>")
     if any(m.fits for m in recommendation.models):
         parts.append(f"_{markdown_cell(LEGEND)}_")
+    if recommendation.search:
+        parts.append("\n".join([f"**{markdown_cell(recommendation.search[0])}**",
+                                *(f"- {markdown_cell(line.strip())}" for line in recommendation.search[1:])]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -209,7 +214,8 @@ def recommendation_dict(recommendation: Recommendation) -> dict[str, Any]:
                         for r in answer.not_run],
             "other_scenario": answer.other_scenario})
     return {"schema": SCHEMA, "source": recommendation.source, "budgets": recommendation.budgets.to_dict(),
-            "machine": recommendation.machine, "fits": recommendation.fits, "models": models}
+            "machine": recommendation.machine, "fits": recommendation.fits, "models": models,
+            "search": list(recommendation.search)}
 
 
 def _broken_dict(broken: Broken) -> dict[str, Any]:
@@ -262,6 +268,9 @@ def html_recommendation(recommendation: Recommendation) -> str:
         if shown:
             table = _html_table(REJECTED_HEADERS, rejected_rows(shown))
             parts.append(f"<details><summary>{_e(title)}</summary>{table}</details>" if answer.fits else table)
+    if recommendation.search:
+        items = "".join(f"<li>{_e(line.strip())}</li>" for line in recommendation.search[1:])
+        parts.append(f"<p>{_e(recommendation.search[0])}</p><ul class='reasons'>{items}</ul>")
     return "\n".join(parts)
 
 
