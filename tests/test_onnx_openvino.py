@@ -13,7 +13,7 @@ import pytest
 
 from deploybench.converters import artifact_from_path, deploy_model
 from deploybench.engines import create_deployer
-from deploybench.spec import DeployBenchError
+from deploybench.spec import DeployBenchError, PrecisionNotSupported
 
 pytest.importorskip("onnxruntime")
 
@@ -86,18 +86,60 @@ def test_openvino_fp32_matches_torch_on_ir_and_onnx_and_really_runs_f32(small_cn
     assert openvino_fp32.path.with_suffix(".bin") in openvino_fp32.files
 
 
+def cpu_runs_bf16() -> bool:
+    """The probe: the OpenVINO CPU plugin lists BF16 among its capabilities on a CPU with AVX512-BF16 or AMX."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 @pytest.mark.openvino
 @pytest.mark.precision
-def test_openvino_bf16_runs_bf16_and_stays_close(small_cnn_spec, openvino_fp32, inputs):
+def test_openvino_bf16_runs_bf16_and_stays_close_or_is_refused_where_the_cpu_has_none(small_cnn_spec, openvino_fp32,
+                                                                                      inputs):
     bf16 = deploy_model(small_cnn_spec, "openvino", precision="bf16")
     out_fp32, _ = run(openvino_fp32, "openvino", inputs)
-    try:
-        out_bf16, notes = run(bf16, "openvino", inputs)
-    except DeployBenchError as exc:
-        pytest.skip(str(exc))  # a CPU without bf16 refuses, and says so
+    if not cpu_runs_bf16():
+        with pytest.raises(PrecisionNotSupported, match="no bf16 support"):
+            run(bf16, "openvino", inputs)
+        return
+    out_bf16, notes = run(bf16, "openvino", inputs)
     assert notes["inference_precision"] == "bf16"
     assert np.abs(out_bf16 - out_fp32).max() > 0
     assert cosine(out_bf16, out_fp32) > 0.99
+
+
+@pytest.mark.openvino
+@pytest.mark.precision
+def test_openvino_bf16_is_mixed_and_names_the_layers_the_cpu_kept_in_f32(tmp_path):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from deploybench.engines.openvino import layer_precisions
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 3, 8, 8], np.float32, name="image")
+    conv = ops.convolution(x, ops.constant(rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+                           [1, 1], [1, 1], [1, 1], [1, 1])
+    probs = ops.softmax(ops.reshape(conv, ops.constant(np.array([1, -1])), False), 1)
+    probs.output(0).set_names({"probs"})
+    ov.save_model(ov.Model([probs], [x]), str(tmp_path / "m.xml"), compress_to_fp16=False)
+    artifact = artifact_from_path(tmp_path / "m.xml")
+    feed = {"image": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    with create_deployer(artifact, backend="openvino", precision="fp32") as engine:
+        engine.infer(feed)
+        assert engine.runtime_notes["layer_precisions"] == {"f32": {"Convolution": 1, "Softmax": 1}}
+    if not cpu_runs_bf16():
+        with pytest.raises(PrecisionNotSupported):
+            create_deployer(artifact, backend="openvino", precision="bf16").load()
+        return
+    with create_deployer(artifact, backend="openvino", precision="bf16") as engine:
+        engine.infer(feed)
+        notes = dict(engine.runtime_notes)
+        assert layer_precisions(engine._compiled) == notes["layer_precisions"]
+    # the convolution runs bf16; the plugin keeps the softmax in f32, and the cell says which
+    assert notes["layer_precisions"] == {"bf16": {"Convolution": 1}, "f32": {"Softmax": 1}}
+    assert notes["precision_ran"] == "bf16 in 1 of 2 compute layers; kept in f32: Softmax x1"
 
 
 # ---- fp16 and int8 ------------------------------------------------------------------------------

@@ -106,6 +106,10 @@ class OpenVINOEngine(InferenceEngine):
                                                    "(INFERENCE_PRECISION_HINT)")
         elif self.precision == "int8ac":
             self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}")
+        layers = layer_precisions(self._compiled)
+        self.runtime_notes["layer_precisions"] = layers
+        if self.precision in ("fp16", "bf16") and ran == asked:
+            self.runtime_notes["precision_ran"] = mixed_precision_text(ran, layers)
         if ran != asked:
             message = (f"openvino on this {device} ran {path.name} in {ran}, not the {asked} asked for "
                        f"{self.precision}: this CPU has no {asked} support")
@@ -184,6 +188,42 @@ class OpenVINOEngine(InferenceEngine):
     def _close_impl(self) -> None:
         self._request = None
         self._compiled = None
+
+
+# Runtime-model layer types that hold or move data rather than compute on it: not what "ran in bf16" counts.
+_DATA_LAYERS = frozenset({"Input", "Output", "Const", "Reorder", "Reshape", "Convert", "ShapeOf", "Gather",
+                          "StridedSlice", "Transpose", "Split", "Concatenation", "Broadcast"})
+
+
+def layer_precisions(compiled) -> dict[str, dict[str, int]]:
+    """{precision: {layer type: count}} of the compute layers as the CPU plugin compiled them (the runtime
+    model's ``runtimePrecision``). A bf16 or f16 hint is a mixed precision: the plugin keeps the layers it
+    judges sensitive (Softmax, some reductions) in f32, and this is where they show."""
+    layers: dict[str, dict[str, int]] = {}
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except Exception:  # a plugin without a runtime model (another device): nothing to tell
+        return layers
+    for op in ops:
+        info = op.get_rt_info()
+        if "layerType" not in info or "runtimePrecision" not in info:
+            continue
+        kind, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+        if kind not in _DATA_LAYERS:
+            counts = layers.setdefault(precision, {})
+            counts[kind] = counts.get(kind, 0) + 1
+    return {precision: dict(sorted(counts.items())) for precision, counts in sorted(layers.items())}
+
+
+def mixed_precision_text(ran: str, layers: Mapping[str, Mapping[str, int]]) -> str:
+    """'bf16 in 71 of 73 compute layers; kept in f32: Softmax x2' from ``layer_precisions``."""
+    total = sum(sum(counts.values()) for counts in layers.values())
+    low = sum((layers.get(ran) or {}).values())
+    kept = layers.get("f32") or {}
+    if not kept:
+        return f"{ran} in all {total} compute layers" if total else ran
+    return (f"{ran} in {low} of {total} compute layers; kept in f32: "
+            + ", ".join(f"{kind} x{count}" for kind, count in kept.items()))
 
 
 def _gist(exc: BaseException) -> str:

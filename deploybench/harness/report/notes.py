@@ -74,6 +74,11 @@ def cell_notes(result: Result) -> list[CellNote]:
         notes.append(CellNote(PRECISION, f"int8ac kept {len(kept)} op(s) in fp32 to hold the int8 tolerance: {shown}"
                               if kept else "int8ac kept no op in fp32: plain int8 held the int8 tolerance on the "
                                            "validation samples"))
+    layers = (result.extra.get("runtime_notes") or {}).get("layer_precisions")
+    if result.cell.precision in ("fp16", "bf16") and isinstance(layers, dict) and layers.get("f32"):
+        # the backend's own mixed precision: which layers it kept in f32, so a bf16 figure is read as what ran
+        notes.append(CellNote(PRECISION, f"{result.cell.precision} on {result.cell.backend} ran mixed: "
+                                         f"{result.precision_ran}"))
     if result.ok and not result.passes_accuracy:
         notes.append(CellNote(STATUS, f"accuracy fails: {result.tolerance.message}"))
     failed_static = (result.extra.get("runtime_notes") or {}).get("static_compile_failed")
