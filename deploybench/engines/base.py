@@ -251,11 +251,12 @@ class InferenceEngine(abc.ABC):
         return f"<{type(self).__name__} {self.artifact.format}:{self.artifact.path.name} {self.precision}>"
 
 
-def kept_in_float(artifact: Artifact, quantized: str) -> str:
+def kept_in_float(artifact: Artifact, quantized: str, floating: str = "fp32") -> str:
     """What an accuracy-aware int8 (``int8ac``) artifact runs: ``quantized``, except the ops its converter kept
-    in floating point to hold the int8 tolerance (``metadata["ops_in_fp32"]``), named."""
+    in floating point to hold the int8 tolerance (``metadata["ops_in_fp32"]``), named; ``floating`` is the
+    precision they run in (fp32, unless a backend was told to run its float ops in bf16)."""
     kept = list(artifact.metadata.get("ops_in_fp32") or [])
     if not kept:
-        return f"{quantized}: accuracy-aware, no op needed to stay in fp32"
+        return f"{quantized}: accuracy-aware, no op needed to stay in floating point"
     shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
-    return f"{quantized}; {len(kept)} op(s) kept in fp32 to hold the int8 tolerance: {shown}"
+    return f"{quantized}; {len(kept)} op(s) kept in {floating} to hold the int8 tolerance: {shown}"

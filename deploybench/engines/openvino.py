@@ -105,7 +105,8 @@ class OpenVINOEngine(InferenceEngine):
             self.runtime_notes["precision_ran"] = (f"int8 where {where}; the other ops in {ran} "
                                                    "(INFERENCE_PRECISION_HINT)")
         elif self.precision == "int8ac":
-            self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}")
+            self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}",
+                                                                {"f32": "fp32"}.get(ran, ran))
         layers = layer_precisions(self._compiled)
         self.runtime_notes["layer_precisions"] = layers
         if self.precision in ("fp16", "bf16") and ran == asked:
