@@ -359,3 +359,44 @@ def test_cells_of_one_other_scenario_are_weighed_on_it_by_throughput(tmp_path, c
     out = capsys.readouterr().out
     assert "scenario offline, fastest by throughput" in out
     assert "recommended onnx / onnxruntime / int8 (offline)" in out
+
+
+def resnet18_int8(held_out_inputs: int | None, calibration_source: str = "real (model calibration data)") -> Result:
+    result = cell_result(model="resnet18", precision="int8", cosine=0.998)
+    result.accuracy.held_out_inputs = held_out_inputs
+    result.extra["artifact"] = {"calibration_source": calibration_source}
+    return result
+
+
+def dataclass_replace_calibration(result: Result, calibration: int) -> Result:
+    import dataclasses
+
+    result.cell = dataclasses.replace(result.cell, calibration=calibration)
+    return result
+
+
+def test_agreement_on_real_held_out_inputs_is_confirmed_by_content_for_a_model_without_labels():
+    answer = recommend([resnet18_int8(64)]).models[0]
+    assert answer.held_out.confirmed and answer.held_out.samples == 64
+    assert answer.held_out.text.startswith("confirmed on 64 held-out real inputs (cosine, agreement with the fp32 "
+                                           "reference: without labels a drop in task accuracy cannot be measured)")
+    assert "none of them among the 64 samples of its calibration data it was calibrated on" in answer.held_out.text
+    # calibrated on 256, the set skips the judged inputs: still confirmed, against those 256
+    larger = recommend([dataclass_replace_calibration(resnet18_int8(64), 256)]).models[0].held_out
+    assert larger.confirmed and "none of them among the 256 samples" in larger.text
+    # the same figure on seeded inputs (a results file that does not say otherwise) is not confirmed
+    assert not recommend([resnet18_int8(None)]).models[0].held_out.confirmed
+
+
+def test_agreement_inputs_shared_with_a_calibration_file_are_not_confirmed(tmp_path):
+    from deploybench.harness.measure.accuracy import held_out_samples
+    from deploybench.resolve import get_model
+
+    judged = held_out_samples(get_model("resnet18"), 64)
+    calibration = tmp_path / "crops.npz"
+    np.savez(calibration, image=np.concatenate([s["image"] for s in judged[:3]] + [np.zeros_like(judged[0]["image"])]))
+    matrix = db.Matrix(results=[resnet18_int8(64, "real (crops.npz, 4 samples, sha256 0123)")],
+                       settings={"calibration_data": str(calibration)})
+    answer = recommend(matrix).models[0]
+    assert not answer.held_out.confirmed
+    assert "3 of the 64 held-out real inputs" in answer.held_out.text

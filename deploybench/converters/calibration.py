@@ -76,7 +76,7 @@ def calibration_inputs(spec: ModelSpec, n: int = DEFAULT_SAMPLES, seed: int = 0,
 
 def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
     if spec.calibration_data is not None:
-        samples = _real_samples(spec, n)
+        samples = real_calibration_samples(spec, n)
         if samples:
             names = set(spec.input_names)
             for sample in samples:
@@ -89,7 +89,9 @@ def _build(spec: ModelSpec, n: int, seed: int) -> Calibration:
     return Calibration(samples, SOURCE_RANDOM, seed)
 
 
-def _real_samples(spec: ModelSpec, n: int) -> list:
+def real_calibration_samples(spec: ModelSpec, n: int = DEFAULT_SAMPLES) -> list:
+    """The samples of ``spec.calibration_data`` that calibrating on ``n`` takes (a set larger than the default
+    skips the ``RESERVED_PAST_DEFAULT`` samples that judge and validate int8)."""
     if n <= DEFAULT_SAMPLES:
         return list(spec.calibration_data(n))[:n]
     skip = DEFAULT_SAMPLES + RESERVED_PAST_DEFAULT
@@ -164,4 +166,5 @@ def _load(path: Path) -> Calibration | None:
     return Calibration(samples, meta["source"], meta["seed"])
 
 
-__all__ = ["CALIBRATION_SIZE_OPTION", "Calibration", "DEFAULT_SAMPLES", "RESERVED_PAST_DEFAULT", "SOURCE_RANDOM", "SOURCE_REAL", "calibration_inputs", "use_calibration_file"]
+__all__ = ["CALIBRATION_SIZE_OPTION", "Calibration", "DEFAULT_SAMPLES", "RESERVED_PAST_DEFAULT", "SOURCE_RANDOM", "SOURCE_REAL",
+           "calibration_inputs", "real_calibration_samples", "use_calibration_file"]

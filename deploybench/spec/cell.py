@@ -131,6 +131,9 @@ class Accuracy:
     rtol_to_pass: float | None = None
     reference: str | None = None  # which run the errors are against, e.g. "torch fp32"
     per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+    # How many real held-out inputs the errors, cosine and top-1 agreement were computed on (None: on
+    # seeded or given inputs), so a results file says whether its agreement figures rest on real data.
+    held_out_inputs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -338,6 +338,7 @@ def benchmark_precision(engine, reference_outputs: Mapping[str, np.ndarray] | Ca
         reference=getattr(reference_outputs, "name", None) or ("given outputs" if reference_run is None
                                                                else "given reference"),
         per_output=per_output,
+        held_out_inputs=len(real) or None,
     )
     if _is_classifier(spec):
         first = next(iter(_pair_outputs(actual, expected)))

@@ -9,8 +9,10 @@ validation takes the next ones), so "confirmed" is a measured statement, not an 
 zoo's data functions run here (no model code); a model from a user's file is not imported in this
 process, and its recommendation says it was not checked.
 
-A cell judged without a task metric (no labels: ``resnet18``'s seeded head, a bring-your-own file) is
-never "confirmed": its figure is agreement with the fp32 reference, and the recommendation says so.
+A cell judged without a task metric (no labels: ``resnet18``'s seeded head) has agreement with the fp32
+reference as its figure. That is confirmed the same way when the cell recorded it on real held-out inputs
+(``Accuracy.held_out_inputs``): those inputs, by content, against the calibration samples. On seeded
+inputs, or for a model from a user's file, it is not confirmed, and the recommendation says so.
 """
 
 from __future__ import annotations
@@ -51,37 +53,53 @@ def confirm_held_out(figures: CellFigures, settings: Mapping[str, Any] | None = 
     """The ``HeldOut`` of one cell's accuracy figure. ``settings``: the run's settings from the results file
     (a ``--calibration-data`` file is checked when it is still on this machine)."""
     result, drop = figures.result, figures.drop
-    if not drop.task_metric:
-        return HeldOut(False, None, f"not confirmed on held-out data: judged on {drop.basis}, "
-                                    f"{_agreement_data(result.cell.model)}")
     spec = _zoo_spec(result.model_ref or result.cell.model)
+    if not drop.task_metric:
+        inputs = result.accuracy.held_out_inputs if result.accuracy is not None else None
+        if not inputs or spec is None:
+            return HeldOut(False, None, f"not confirmed on held-out data: judged on {drop.basis}, "
+                                        f"{_agreement_data(result.cell.model)}")
+        # no labels, but real inputs: the agreement with the fp32 reference is what is confirmed
+        # the agreement inputs lie just past the calibration samples, so the pool is exactly what was calibrated on
+        return _against_calibration(result, settings, spec, _agreement_digests(spec.name, inputs),
+                                    f"{drop.figure}, agreement with the fp32 reference: without labels a drop "
+                                    "in task accuracy cannot be measured", "held-out real inputs", exact=True)
     if spec is None or spec.eval_data is None:
         return HeldOut(False, None, f"not confirmed here: {drop.figure} was computed on {result.cell.model}'s own "
                                     "held-out data, which is not a built-in model's, so its overlap with "
                                     "calibration was not checked")
-    held_out = _held_out_digests(spec.name)
+    return _against_calibration(result, settings, spec, _held_out_digests(spec.name), drop.figure, "held-out samples")
+
+
+def _against_calibration(result, settings, spec, held_out: frozenset[str], figure: str, what: str,
+                         exact: bool = False) -> HeldOut:
+    """Confirmed when none of the ``held_out`` samples (digests) is among those the cell was calibrated on:
+    the samples its calibration size takes (``exact``), else the whole pool any calibration may draw from."""
     count = len(held_out)
     source = calibration_source(result)
     if source is None:
-        return HeldOut(True, count, f"confirmed on {count} held-out samples ({drop.figure}); "
+        return HeldOut(True, count, f"confirmed on {count} {what} ({figure}); "
                                     f"{result.cell.precision} needs no calibration")
     file = (settings or {}).get("calibration_data")
     if file and Path(str(file)).name in source:
         if not Path(str(file)).is_file():
-            return HeldOut(False, count, f"not confirmed: {drop.figure} on {count} held-out samples, but the "
+            return HeldOut(False, count, f"not confirmed: {figure} on {count} held-out samples, but the "
                                          f"calibration file {file} is not on this machine to check it against")
         pool, where = _file_digests(str(file)), f"the {Path(str(file)).name} samples it was calibrated on"
     elif source.startswith("random"):
-        return HeldOut(True, count, f"confirmed on {count} held-out samples ({drop.figure}); calibration used "
+        return HeldOut(True, count, f"confirmed on {count} {what} ({figure}); calibration used "
                                     "seeded random inputs, so its ranges are not the ones a real deployment gets")
+    elif exact:
+        pool = _calibrated_digests(spec.name, result.cell.calibration)
+        where = f"the {len(pool)} samples of its calibration data it was calibrated on"
     else:
         pool = _calibration_digests(spec.name, _pool_size(result.cell.calibration))
         where = f"the first {len(pool)} samples of its calibration data"
     shared = len(held_out & pool)
     if shared:
-        return HeldOut(False, count, f"not confirmed: {shared} of the {count} held-out samples ({drop.figure}) are "
+        return HeldOut(False, count, f"not confirmed: {shared} of the {count} {what} ({figure}) are "
                                      f"also among {where}")
-    return HeldOut(True, count, f"confirmed on {count} held-out samples ({drop.figure}), none of them among {where}")
+    return HeldOut(True, count, f"confirmed on {count} {what} ({figure}), none of them among {where}")
 
 
 def _agreement_data(model: str) -> str:
@@ -125,6 +143,21 @@ def _held_out_digests(model: str) -> frozenset[str]:
     inputs, _ = _zoo_spec(model).eval_data()
     count = min(len(a) for a in inputs.values())
     return frozenset(_digest({name: array[i:i + 1] for name, array in inputs.items()}) for i in range(count))
+
+
+@functools.cache
+def _agreement_digests(model: str, count: int) -> frozenset[str]:
+    """The real inputs a model without labels is judged on (``held_out_samples``), by content."""
+    from deploybench.harness.measure.accuracy import held_out_samples
+
+    return frozenset(_digest(sample) for sample in held_out_samples(_zoo_spec(model), count))
+
+
+@functools.cache
+def _calibrated_digests(model: str, calibration: int) -> frozenset[str]:
+    from deploybench.converters.calibration import DEFAULT_SAMPLES, real_calibration_samples
+
+    return frozenset(_digest(s) for s in real_calibration_samples(_zoo_spec(model), calibration or DEFAULT_SAMPLES))
 
 
 @functools.cache
