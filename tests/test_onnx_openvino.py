@@ -139,7 +139,7 @@ def test_openvino_bf16_is_mixed_and_names_the_layers_the_cpu_kept_in_f32(tmp_pat
         assert layer_precisions(engine._compiled) == notes["layer_precisions"]
     # the convolution runs bf16; the plugin keeps the softmax in f32, and the cell says which
     assert notes["layer_precisions"] == {"bf16": {"Convolution": 1}, "f32": {"Softmax": 1}}
-    assert notes["precision_ran"] == "bf16 in 1 of 2 compute layers; kept in f32: Softmax x1"
+    assert notes["precision_ran"] == "bf16 in 1 of 2 compute layers; kept in fp32: Softmax x1"
 
 
 # ---- fp16 and int8 ------------------------------------------------------------------------------

@@ -315,7 +315,8 @@ def test_the_fp16_probe_answer_decides_skip_or_run(model_file, tmp_path, answer,
     if status == "skipped":
         assert result.stage == "load" and "ran model.xml in bf16, not the f16 asked for fp16" in result.reason
     else:
-        assert result.precision_ran == "fp16" and result.tolerance.passed
+        # what each layer ran is read from the compiled model, which the stubbed answer does not change
+        assert result.precision_ran.startswith("fp16 in ") and result.tolerance.passed
 
 
 @pytest.mark.openvino

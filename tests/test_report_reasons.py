@@ -219,13 +219,13 @@ def test_html_table_puts_status_next_to_the_cell_and_names_a_shared_metric_once(
 
 def test_a_mixed_bf16_cell_says_which_layers_the_backend_kept_in_f32(fp32):
     mixed = judged(measured("digits_cnn", "openvino", "openvino", "bf16", median=0.6), max_abs_error=0.01, cosine=0.9999)
-    mixed.precision_ran = "bf16 in 3 of 4 compute layers; kept in f32: Softmax x1"
+    mixed.precision_ran = "bf16 in 3 of 4 compute layers; kept in fp32: Softmax x1"
     mixed.extra["runtime_notes"] = {"layer_precisions": {"bf16": {"Convolution": 3}, "f32": {"Softmax": 1}}}
     everywhere = judged(measured("digits_cnn", "onnx", "openvino", "bf16", median=0.6), max_abs_error=0.01,
                         cosine=0.9999)
     everywhere.extra["runtime_notes"] = {"layer_precisions": {"bf16": {"Convolution": 3}}}
     table = terminal_table([fp32, mixed, everywhere])
-    note = "bf16 on openvino ran mixed: bf16 in 3 of 4 compute layers; kept in f32: Softmax x1"
+    note = "bf16 on openvino ran mixed: bf16 in 3 of 4 compute layers; kept in fp32: Softmax x1"
     assert "bf16 [1]" in _row(table, "openvino", "openvino", "bf16")
     assert f"[1] {note}" in table.splitlines()
     assert "[2]" not in table  # a cell that ran bf16 everywhere has nothing to add

@@ -217,13 +217,15 @@ def layer_precisions(compiled) -> dict[str, dict[str, int]]:
 
 
 def mixed_precision_text(ran: str, layers: Mapping[str, Mapping[str, int]]) -> str:
-    """'bf16 in 71 of 73 compute layers; kept in f32: Softmax x2' from ``layer_precisions``."""
+    """'bf16 in 71 of 73 compute layers; kept in fp32: Softmax x2' from ``layer_precisions`` (OpenVINO's
+    type names there, deploybench's precision names here)."""
+    name = {"f16": "fp16", "f32": "fp32"}.get(ran, ran)
     total = sum(sum(counts.values()) for counts in layers.values())
     low = sum((layers.get(ran) or {}).values())
     kept = layers.get("f32") or {}
     if not kept:
-        return f"{ran} in all {total} compute layers" if total else ran
-    return (f"{ran} in {low} of {total} compute layers; kept in f32: "
+        return f"{name} in all {total} compute layers" if total else name
+    return (f"{name} in {low} of {total} compute layers; kept in fp32: "
             + ", ".join(f"{kind} x{count}" for kind, count in kept.items()))
 
 

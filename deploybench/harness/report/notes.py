@@ -76,7 +76,7 @@ def cell_notes(result: Result) -> list[CellNote]:
                                            "validation samples"))
     layers = (result.extra.get("runtime_notes") or {}).get("layer_precisions")
     if result.cell.precision in ("fp16", "bf16") and isinstance(layers, dict) and layers.get("f32"):
-        # the backend's own mixed precision: which layers it kept in f32, so a bf16 figure is read as what ran
+        # the backend's own mixed precision: which layers it kept in fp32, so a bf16 figure is read as what ran
         notes.append(CellNote(PRECISION, f"{result.cell.precision} on {result.cell.backend} ran mixed: "
                                          f"{result.precision_ran}"))
     if result.ok and not result.passes_accuracy:
