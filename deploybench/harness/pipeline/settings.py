@@ -368,12 +368,7 @@ def pyproject_defaults(root: Path) -> dict[str, Any]:
 
 def _sizes(value, what: str) -> tuple[int, ...]:
     """Sizes as given on a command line ('1,8'), or in ``[tool.deploybench]`` (8, or [1, 8])."""
-    if value is None or isinstance(value, tuple):
-        return value or ()
-    try:
-        return positive_ints(",".join(map(str, value)) if isinstance(value, list) else str(value))
-    except argparse.ArgumentTypeError as exc:
-        raise DeployBenchError(f"bad {what}: {exc}") from None
+    return option_values(value, positive_ints, what)
 
 
 def settings_from_options(get: Callable[[str], Any]) -> RunSettings:

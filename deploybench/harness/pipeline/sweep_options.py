@@ -39,15 +39,15 @@ def counts(option: str) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
-def option_values(value, parse: Callable[[str], tuple]) -> tuple:
+def option_values(value, parse: Callable[[str], tuple], what: str = "setting") -> tuple:
     """A sweep option's values as a command line gives them (a tuple), or as ``[tool.deploybench]`` does
-    (0.25, [0, 0.25] or '0,0.25'), checked by ``parse``."""
+    (0.25, [0, 0.25] or '0,0.25'), checked by ``parse``; an error names ``what``."""
     if value is None or isinstance(value, tuple):
         return value or ()
     try:
         return parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
     except argparse.ArgumentTypeError as exc:
-        raise DeployBenchError(f"bad setting: {exc}") from None
+        raise DeployBenchError(f"bad {what}: {exc}") from None
 
 
 __all__ = ["counts", "fractions", "option_values"]

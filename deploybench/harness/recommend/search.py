@@ -141,6 +141,21 @@ def _not_run(cell: Cell, measured: dict[Cell, Result], figures: dict[Cell, CellF
     return "" if cell in figures else f"{cell.id} measured another scenario than the one weighed"
 
 
+def _walk(line: Cell, dimension: str, values, measured, figures) -> tuple[list, Cell | None, str]:
+    """One dimension of a line, step by step in order: the steps measured so far as (value, cell), then what
+    ends the walk: the next cell to measure, or why a step did not run, or neither (every value measured)."""
+    steps = []
+    for value in values:
+        cell = dataclasses.replace(line, **{dimension: value})
+        if cell not in measured:
+            return steps, cell, ""
+        why = _not_run(cell, measured, figures)
+        if why:
+            return steps, None, f"stopped: {why}"
+        steps.append((value, cell))
+    return steps, None, ""
+
+
 def _next_prune(line: Cell, measured, figures, budgets: Budgets, space: SearchSpace) -> tuple[Cell | None, str]:
     why = _not_run(line, measured, figures)
     if why:
@@ -149,13 +164,8 @@ def _next_prune(line: Cell, measured, figures, budgets: Budgets, space: SearchSp
     if broken:
         return None, f"not explored: the unpruned cell already breaks accuracy ({broken}); pruning cannot win it back"
     best = figures[line]
-    for amount in space.prunes:
-        cell = dataclasses.replace(line, prune=amount)
-        if cell not in measured:
-            return cell, ""
-        why = _not_run(cell, measured, figures)
-        if why:
-            return None, f"stopped: {why}"
+    steps, next_cell, stopped = _walk(line, PRUNE, space.prunes, measured, figures)
+    for amount, cell in steps:
         broken = _accuracy_broken(figures[cell], budgets)
         if broken:
             return None, f"stopped at {_amount(amount)}: {broken}; more pruning cannot win accuracy back"
@@ -164,7 +174,7 @@ def _next_prune(line: Cell, measured, figures, budgets: Budgets, space: SearchSp
             return None, (f"stopped at {_amount(amount)}: no gain over {best.cell_id} beyond the noise "
                           f"({_compare(figures[cell], best, budgets, space.noise)})")
         best = figures[cell]
-    return None, f"every amount tried ({', '.join(map(_amount, space.prunes))})"
+    return next_cell, stopped or ("" if next_cell else f"every amount tried ({', '.join(map(_amount, space.prunes))})")
 
 
 def _gain(step: CellFigures, best: CellFigures, budgets: Budgets, noise: float) -> bool:
@@ -209,13 +219,8 @@ def _next_calibration(line: Cell, measured, figures, budgets: Budgets, space: Se
     if not _accuracy_broken(figures[line], budgets):
         return None, "not explored: the default calibration already keeps the accuracy budget"
     best = figures[line]
-    for samples in space.calibrations:
-        cell = dataclasses.replace(line, calibration=samples)
-        if cell not in measured:
-            return cell, ""
-        why = _not_run(cell, measured, figures)
-        if why:
-            return None, f"stopped: {why}"
+    steps, next_cell, stopped = _walk(line, CALIBRATION, space.calibrations, measured, figures)
+    for samples, cell in steps:
         if not _accuracy_broken(figures[cell], budgets):
             return None, f"stopped at {samples} samples: accuracy kept; larger sets cost conversion time for nothing"
         new, old = figures[cell].drop.value, best.drop.value
@@ -223,7 +228,7 @@ def _next_calibration(line: Cell, measured, figures, budgets: Budgets, space: Se
             return None, (f"stopped at {samples} samples: accuracy did not improve "
                           f"({_drop_text(new)} against {_drop_text(old)} of {best.cell_id})")
         best = figures[cell]
-    return None, f"every size tried ({', '.join(map(str, space.calibrations))})"
+    return next_cell, stopped or ("" if next_cell else f"every size tried ({', '.join(map(str, space.calibrations))})")
 
 
 def _amount(amount: float) -> str:
