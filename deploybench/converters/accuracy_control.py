@@ -4,9 +4,16 @@
 Plain int8 quantizes every layer it can; int8ac keeps the layers that break the int8 tolerance in
 floating point. It holds the very criteria the harness judges an int8 cell by (``spec.tolerances``:
 cosine >= 0.98 to the fp32 reference, top-1 agreement >= 0.90 for a classifier, a model's own int8
-overrides included), on validation samples that neither calibration nor the harness's judgement sees:
-a quantizer tuned on the samples it is judged on would pass by construction. Since the judge's samples
-are other samples, a quarter of each criterion's headroom (``HEADROOM_MARGIN``) is held on top.
+overrides included; a detector's mAP@0.5 drop, ``map_drop``, in their place, as the harness judges a
+detector), on validation samples that neither calibration nor the harness's judgement sees: a quantizer
+tuned on the samples it is judged on would pass by construction. Since the judge's samples are other
+samples, a quarter of each criterion's headroom (``HEADROOM_MARGIN``) is held on top.
+
+A detector's validation samples have no ground truth (calibration data is images only), so the
+reference's detections at the deployment score threshold stand in for it: ``map_drop`` on them is the
+reference's mAP@0.5 minus the quantized model's, both post-processed as the harness does
+(``tasks.detection.postprocess``, the eval score threshold for ranking), scored by
+``tasks.metrics.mean_average_precision``; ``detection_agreement``'s counts are recorded beside it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import DeployBenchError, ModelSpec
-from ..spec.tolerances import TOLERANCES, precision_overrides
+from ..spec.tolerances import DETECTION_TOLERANCES, TOLERANCES, precision_overrides
 from ..tasks.metrics import cosine_similarity
 from .calibration import DEFAULT_SAMPLES, RESERVED_PAST_DEFAULT
 
@@ -33,22 +40,28 @@ HARNESS_HELD_OUT = 64
 VALIDATION_SEED = 20_000
 # The share of each criterion's headroom (1 - limit) held above the limit on the validation samples.
 HEADROOM_MARGIN = 0.25
-# The criteria a quantizer can hold: the ones measured against the reference, bounded by 1.
-HELD_CRITERIA = ("cosine", "top1_agreement")
+# The criteria a quantizer can hold: the ones measured against the reference. cosine and top-1 agreement
+# are bounded by 1 (higher is better); a detector's mAP@0.5 drop by 0 (lower is better).
+HELD_CRITERIA = ("cosine", "top1_agreement", "map_drop")
+LOWER_IS_BETTER = ("map_drop",)
 
 Outputs = list[np.ndarray]  # one sample's outputs, in the model's output order
 
 
 def int8_criteria(spec: ModelSpec, overrides: Mapping[str, float | None] | None = None) -> dict[str, float]:
-    """The criteria an int8ac artifact of ``spec`` holds: int8's defaults with ``overrides`` (default: the
-    model's own; the harness passes the model's and the run's) applied, a criterion set to None not held,
-    restricted to ``HELD_CRITERIA``; top-1 agreement only for a classifier, as the harness judges it."""
+    """The criteria an int8ac artifact of ``spec`` holds: int8's defaults (a detector's: ``map_drop``, as
+    ``check_tolerance`` judges a detector) with ``overrides`` (default: the model's own; the harness passes
+    the model's and the run's) applied, a criterion set to None not held, restricted to ``HELD_CRITERIA``;
+    top-1 agreement only for a classifier and the mAP drop only for a detector, as the harness judges them."""
     if overrides is None:
         overrides = precision_overrides(INT8AC, spec.tolerances)
-    rules = {**TOLERANCES[INT8AC], **overrides}
+    defaults = DETECTION_TOLERANCES if spec.task == "detection" else TOLERANCES
+    rules = {**defaults[INT8AC], **overrides}
     held = {key: float(rules[key]) for key in HELD_CRITERIA if rules.get(key) is not None}
     if spec.task != "classification":
         held.pop("top1_agreement", None)
+    if spec.task != "detection":
+        held.pop("map_drop", None)
     if not held:
         raise DeployBenchError(f"model {spec.name!r} switches off every int8 criterion an accuracy-aware quantizer "
                                f"can hold ({', '.join(HELD_CRITERIA)}); int8ac has nothing to keep: use int8")
@@ -57,13 +70,26 @@ def int8_criteria(spec: ModelSpec, overrides: Mapping[str, float | None] | None 
 
 @dataclass(frozen=True)
 class AccuracyTarget:
-    """The criteria to hold (``{"cosine": 0.98, ...}``) and the margin above them on validation samples."""
+    """The criteria to hold (``{"cosine": 0.98, ...}``) and the margin above them on validation samples;
+    for ``map_drop`` also how to post-process the outputs: ``output_names`` (the model's output order) and
+    ``task_config`` (the detector's, ``tasks.detection.postprocess``'s). ``accuracy_target`` makes one."""
 
     criteria: Mapping[str, float]
     margin: float = HEADROOM_MARGIN
+    output_names: tuple[str, ...] = ()
+    task_config: Mapping[str, Any] | None = None
+
+    def __post_init__(self):
+        if "map_drop" in self.criteria and (not self.task_config or not self.output_names):
+            raise DeployBenchError("map_drop is a detector's criterion: give the AccuracyTarget the detector's "
+                                   "output_names and task_config (accuracy_target(spec) does)")
 
     def required(self, key: str) -> float:
+        """The figure to reach on validation samples: the limit moved ``margin`` of its headroom (to 1 for
+        a higher-is-better criterion, to 0 for a drop) towards perfect."""
         limit = self.criteria[key]
+        if key in LOWER_IS_BETTER:
+            return limit - self.margin * limit
         return limit + self.margin * (1.0 - limit)
 
     def figures(self, outputs: Sequence[Outputs], references: Sequence[Outputs]) -> dict[str, float]:
@@ -79,14 +105,52 @@ class AccuracyTarget:
             want = np.concatenate([r[0] for r in references])
             figures["top1_agreement"] = float(np.mean(got.reshape(-1, got.shape[-1]).argmax(-1)
                                                       == want.reshape(-1, want.shape[-1]).argmax(-1)))
+        if "map_drop" in self.criteria:
+            figures.update(detection_figures(outputs, references, self.output_names, self.task_config or {}))
         return figures
 
     def margin_of(self, figures: Mapping[str, float]) -> float:
-        """The smallest distance of a figure above what is required: >= 0 when every criterion holds."""
-        return min(figures[key] - self.required(key) for key in self.criteria)
+        """The smallest distance of a figure past what is required, in the criterion's good direction: >= 0
+        when every criterion holds."""
+        return min(self.required(key) - figures[key] if key in LOWER_IS_BETTER else figures[key] - self.required(key)
+                   for key in self.criteria)
 
     def describe(self, figures: Mapping[str, float]) -> str:
-        return ", ".join(f"{key} {figures[key]:.4f} (holds >= {self.required(key):.4f})" for key in self.criteria)
+        return ", ".join(f"{key} {figures[key]:.4f} (holds {'<=' if key in LOWER_IS_BETTER else '>='} "
+                         f"{self.required(key):.4f})" for key in self.criteria)
+
+
+def accuracy_target(spec: ModelSpec, criteria: Mapping[str, float] | None = None,
+                    margin: float = HEADROOM_MARGIN) -> AccuracyTarget:
+    """The target an int8ac converter of ``spec`` holds: ``criteria`` (default ``int8_criteria(spec)``),
+    with the detector's post-processing when the mAP drop is among them."""
+    criteria = dict(criteria or int8_criteria(spec))
+    if "map_drop" not in criteria:
+        return AccuracyTarget(criteria, margin)
+    return AccuracyTarget(criteria, margin, tuple(spec.output_names), dict(spec.task_config))
+
+
+def detection_figures(outputs: Sequence[Outputs], references: Sequence[Outputs], names: Sequence[str],
+                      config: Mapping[str, Any]) -> dict[str, float]:
+    """A detector's figures on unlabeled samples, the reference's detections at the deployment threshold
+    standing in for ground truth: ``map_drop`` (reference's mAP@0.5 minus the outputs', each ranked at the
+    eval threshold, as ``harness.measure.detection`` does), ``map50``, ``reference_map50`` and
+    ``detection_agreement``'s ``matched`` / ``lost`` / ``added`` at the deployment threshold."""
+    from ..tasks.detection import postprocess
+    from ..tasks.metrics import detection_agreement, mean_average_precision
+
+    ranking = float(config.get("eval_score_threshold", 0.05))
+    deployed = float(config.get("score_threshold", 0.3))
+
+    def detect(sample: Outputs, threshold: float):
+        return postprocess(dict(zip(names, sample)), config, score_threshold=threshold)
+
+    truth = [detect(r, deployed) for r in references]
+    reference_map = mean_average_precision([detect(r, ranking) for r in references], truth)["map50"]
+    found_map = mean_average_precision([detect(o, ranking) for o in outputs], truth)["map50"]
+    agreement = detection_agreement([detect(o, deployed) for o in outputs], truth)
+    return {"map_drop": reference_map - found_map, "map50": found_map, "reference_map50": reference_map,
+            **{key: float(agreement[key]) for key in ("matched", "lost", "added")}}
 
 
 def per_sample_cosine(outputs: Sequence[Outputs], references: Sequence[Outputs]) -> list[float]:
@@ -145,5 +209,5 @@ def describe(target: AccuracyTarget, source: str, reference: str, before: Mappin
     }
 
 
-__all__ = ["AccuracyTarget", "HEADROOM_MARGIN", "INT8AC", "VALIDATION_SAMPLES", "describe", "int8_criteria",
-           "per_sample_cosine", "reference_outputs", "validation_samples"]
+__all__ = ["AccuracyTarget", "HEADROOM_MARGIN", "INT8AC", "VALIDATION_SAMPLES", "accuracy_target", "describe",
+           "detection_figures", "int8_criteria", "per_sample_cosine", "reference_outputs", "validation_samples"]

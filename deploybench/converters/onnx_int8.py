@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import Artifact, DeployBenchError, ModelSpec
-from .accuracy_control import (HEADROOM_MARGIN, VALIDATION_SAMPLES, AccuracyTarget, describe, int8_criteria,
+from .accuracy_control import (HEADROOM_MARGIN, VALIDATION_SAMPLES, AccuracyTarget, accuracy_target, describe,
                                reference_outputs, validation_samples)
 from .calibration import DEFAULT_SAMPLES, calibration_inputs
 
@@ -86,7 +86,7 @@ def to_int8(spec: ModelSpec, source: Artifact, target: Path, precision: str = "i
         quantize(target)
         metadata: dict[str, Any] = {}
         if precision == "int8ac":
-            criteria = AccuracyTarget(accuracy_criteria or int8_criteria(spec), accuracy_margin)
+            criteria = accuracy_target(spec, accuracy_criteria, accuracy_margin)
             metadata = hold_accuracy(spec, criteria, source.path, target, quantize, calibration_size, validation_size)
     finally:
         preprocessed.unlink(missing_ok=True)

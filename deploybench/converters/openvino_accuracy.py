@@ -3,7 +3,7 @@
 NNCF quantizes the model as plain int8 does, validates it, and while the accuracy drop exceeds the
 budget ranks the groups of quantizers by their contribution to the drop and reverts the worst to
 floating point, one group at a time. Its validation function here is the int8 tolerance itself
-(``accuracy_control.AccuracyTarget``): the metric is how far the least-met criterion sits above what
+(``accuracy_control.AccuracyTarget``; a detector's mAP drop after post-processing): the metric is how far the least-met criterion sits above what
 is required, clipped at 0 and shifted by 1, so the fp32 model scores 1 and a budget (``max_drop``) of 0
 means "every criterion holds". Per-sample cosines rank the groups.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import ModelSpec
-from .accuracy_control import (AccuracyTarget, HEADROOM_MARGIN, VALIDATION_SAMPLES, describe, int8_criteria,
+from .accuracy_control import (AccuracyTarget, HEADROOM_MARGIN, VALIDATION_SAMPLES, accuracy_target, describe,
                                per_sample_cosine, reference_outputs, validation_samples)
 from .calibration import Calibration
 
@@ -35,7 +35,7 @@ def quantize_with_accuracy_control(spec: ModelSpec, model, calibration: Calibrat
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    target = AccuracyTarget(accuracy_criteria or int8_criteria(spec), accuracy_margin)
+    target = accuracy_target(spec, accuracy_criteria, accuracy_margin)
     names = [port.get_any_name() for port in model.inputs]
     samples, source = validation_samples(spec, len(calibration.samples), validation_size)
     fp32 = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

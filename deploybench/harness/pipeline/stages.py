@@ -30,7 +30,8 @@ MEASURES = (TIME, MEMORY, ACCURACY)
 # Notes a converter leaves in its artifact's metadata that a person reading a result wants to see.
 _ARTIFACT_NOTES = ("fingerprint", "fixed_axes", "fixed_dims", "dynamic_axes", "fp32_ops", "ops_in_fp32", "calibration",
                    "calibration_source", "reference", "opset", "nms", "compress_to_fp16", "inference_precision",
-                   "quantization")
+                   "quantization", "accuracy_criteria", "validation_plain_int8", "validation_int8ac",
+                   "validation_met")
 
 
 class CellStopped(Exception):
