@@ -62,8 +62,8 @@ def confirm_held_out(figures: CellFigures, settings: Mapping[str, Any] | None = 
         # no labels, but real inputs: the agreement with the fp32 reference is what is confirmed
         # the agreement inputs lie just past the calibration samples, so the pool is exactly what was calibrated on
         return _against_calibration(result, settings, spec, _agreement_digests(spec.name, inputs),
-                                    f"{drop.figure}, agreement with the fp32 reference: without labels a drop "
-                                    "in task accuracy cannot be measured", "held-out real inputs", exact=True)
+                                    f"{drop.figure} agreement with fp32; no labels, so not a task accuracy",
+                                    "held-out real inputs", exact=True)
     if spec is None or spec.eval_data is None:
         return HeldOut(False, None, f"not confirmed here: {drop.figure} was computed on {result.cell.model}'s own "
                                     "held-out data, which is not a built-in model's, so its overlap with "
@@ -91,7 +91,7 @@ def _against_calibration(result, settings, spec, held_out: frozenset[str], figur
                                     "seeded random inputs, so its ranges are not the ones a real deployment gets")
     elif exact:
         pool = _calibrated_digests(spec.name, result.cell.calibration)
-        where = f"the {len(pool)} samples of its calibration data it was calibrated on"
+        where = f"the {len(pool)} samples it was calibrated on"
     else:
         pool = _calibration_digests(spec.name, _pool_size(result.cell.calibration))
         where = f"the first {len(pool)} samples of its calibration data"
