@@ -8,7 +8,9 @@ key is refused, the device's Python is missing, deploybench is missing there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
 import time
 import venv
@@ -104,12 +106,14 @@ def _device_workers(home: Path) -> list[psutil.Process]:
     return found
 
 
-def _remote_run(server, cells: list[Cell], on_stage=None, **fields) -> list:
-    """Cells of digits_cnn on the test server's device, with a callback at each stage of each cell."""
+def _remote_run(server, cells: list[Cell], on_stage=None, device_max_memory_mb: float | None = None,
+                **fields) -> list:
+    """Cells of digits_cnn on the test server's device, with a callback at each stage of each cell; a memory
+    limit for the device's worker only (the host's, with PyTorch, holds far more than a device's)."""
     settings = RunSettings(timing=TimingRules(min_time_s=0.2, min_samples=10, warmup_count=3), timeout_s=60)
     opened = open_workers(["digits_cnn"], settings)
     devices = open_devices([target(server, **fields)], settings, connect_timeout=5)
-    remote = RemoteWorker(opened[0][1], devices[0], settings)
+    remote = RemoteWorker(opened[0][1], devices[0], dataclasses.replace(settings, max_memory_mb=device_max_memory_mb))
     results = []
     try:
         for cell in cells:
@@ -139,6 +143,20 @@ def test_a_device_worker_killed_mid_cell_fails_that_cell_and_the_next_one_runs(s
     assert (first.status, first.stage) == ("failed", "time")
     assert first.reason == "time: worker killed by SIGKILL on box"
     assert second.status == "ok", second.reason
+
+
+def test_max_memory_holds_on_the_device_its_worker_stops_itself_and_says_so(server, client_home, device_python):
+    # the host cannot see a device's processes: the worker there watches its own memory. A Python that has
+    # imported ONNX Runtime holds more than 40 MB, so every cell's worker stops itself, once per cell.
+    results = _remote_run(server, [_cell(), _cell(precision="int8")], python=str(device_python), device_max_memory_mb=40)
+    for result in results:
+        assert result.status == "failed", result.reason
+        assert re.fullmatch(r"\w+: worker stopped on box \(out of memory: the worker held \d+ MB, over "
+                            r"--max-memory 40 MB; stopped\)", result.reason), result.reason
+    assert not _device_workers(server.home)
+    # with room to spare the same cells run
+    (roomy,) = _remote_run(server, [_cell()], python=str(device_python), device_max_memory_mb=4000)
+    assert roomy.status == "ok", roomy.reason
 
 
 def test_a_device_worker_gone_between_cells_is_started_again_for_the_next(server, client_home, device_python):

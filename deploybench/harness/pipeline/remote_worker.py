@@ -18,6 +18,7 @@ from typing import Any
 from deploybench.harness.measure.process import signal_name
 from deploybench.harness.pipeline.frames import error_frame
 from deploybench.harness.pipeline.plan import ModelInfo
+from deploybench.harness.pipeline.serving import OUT_OF_MEMORY_EXIT
 from deploybench.harness.pipeline.settings import RunSettings
 from deploybench.harness.pipeline.shipping import Shipment, device_settings
 from deploybench.harness.pipeline.stages import MEASURES
@@ -86,6 +87,8 @@ class RemoteWorker(Worker):
     # the process there
     def _launch(self):
         command = f"exec {self.device.target.python} -m deploybench.harness.pipeline.worker --device"
+        if self.host_settings.max_memory_mb:
+            command += f" --max-memory {self.host_settings.max_memory_mb:g}"
         return self.device.transport.start(self.device.shell(command), stderr=self._log)
 
     def _open_request(self) -> tuple:
@@ -102,6 +105,8 @@ class RemoteWorker(Worker):
         if "No module named deploybench" in last or "No module named 'deploybench'" in last:
             return (f"could not start: {target.name} has no deploybench under `{target.python}`; install it there: "
                     f"{target.python} -m pip install 'deploybench[runtime]' and the runtimes to measure")
+        if returncode == OUT_OF_MEMORY_EXIT:
+            return f"stopped on {target.name}"
         if returncode < 0:  # OpenSSH reports the signal itself
             return f"killed by {signal_name(-returncode)} on {target.name}"
         if 128 < returncode < 160:  # the shell's way of saying a signal ended the command

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from typing import Any
 
@@ -132,4 +133,44 @@ def end_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="deploybench-end-with-parent").start()
 
 
-__all__ = ["ISOLATED", "end_with_parent", "quiet_converters", "serve"]
+# The exit status of a device's worker that stopped itself over --max-memory: the host cannot watch a
+# device's processes, so the worker watches its own. 75 (EX_TEMPFAIL) is clear of the shell's 128+signal.
+OUT_OF_MEMORY_EXIT = 75
+
+
+def watch_memory(limit_mb: float, interval_s: float = 0.2) -> None:
+    """On a device: end this worker and what it started when their resident memory passes ``limit_mb``,
+    saying so as the last line of its log (which the host reads when the worker ends)."""
+    import threading
+
+    import psutil
+
+    def held_mb(processes) -> float:
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # a child that ended meanwhile
+                continue
+        return total / 2**20
+
+    def watch() -> None:
+        me = psutil.Process()
+        while True:
+            time.sleep(interval_s)
+            children = me.children(recursive=True)
+            held = held_mb([me, *children])
+            if held > limit_mb:
+                print(f"out of memory: the worker held {held:.0f} MB, over --max-memory {limit_mb:g} MB; stopped",
+                      file=sys.stderr, flush=True)
+                for child in children:
+                    try:
+                        child.kill()
+                    except psutil.Error:
+                        continue
+                os._exit(OUT_OF_MEMORY_EXIT)
+
+    threading.Thread(target=watch, daemon=True, name="deploybench-max-memory").start()
+
+
+__all__ = ["ISOLATED", "OUT_OF_MEMORY_EXIT", "end_with_parent", "quiet_converters", "serve", "watch_memory"]

@@ -171,7 +171,8 @@ def availability_here(backend: str, precision: str) -> tuple[bool, str]:
 
 def device_settings(settings: RunSettings, cache_dir: str) -> RunSettings:
     """The run's settings as the device's worker takes them: its own cache folder, no host paths, and no
-    memory watch (the host cannot see the device's processes; the stage limits still hold)."""
+    memory watch from here (the host cannot see the device's processes: the worker there watches itself,
+    ``serving.watch_memory``; the stage limits still hold)."""
     return dataclasses.replace(settings, cache_dir=cache_dir, calibration_data=None, max_memory_mb=None,
                                in_process=False)
 

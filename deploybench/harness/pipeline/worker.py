@@ -336,10 +336,12 @@ def make_worker(model: Any, settings: RunSettings, verbose: bool = False,
 
 
 def main() -> int:
-    from deploybench.harness.pipeline.serving import end_with_parent, serve
+    from deploybench.harness.pipeline.serving import end_with_parent, serve, watch_memory
 
     if "--device" in sys.argv[1:]:
         end_with_parent()
+    if "--max-memory" in sys.argv[1:-1]:  # a device's worker watches itself: the host cannot see its processes
+        watch_memory(float(sys.argv[sys.argv.index("--max-memory") + 1]))
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever model code prints goes to the log, never into the frames
     run_child_plugins()
