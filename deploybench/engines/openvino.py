@@ -107,7 +107,7 @@ class OpenVINOEngine(InferenceEngine):
                                                    "(INFERENCE_PRECISION_HINT)")
         elif self.precision == "int8ac":
             self.runtime_notes["precision_ran"] = kept_in_float(self.artifact, f"int8, the other ops in {ran}",
-                                                                {"f32": "fp32"}.get(ran, ran))
+                                                                _deploybench_name(ran))
         layers = layer_precisions(self._compiled)
         self.runtime_notes["layer_precisions"] = layers
         if self.precision in ("fp16", "bf16") and ran == asked:
@@ -220,7 +220,7 @@ def layer_precisions(compiled) -> dict[str, dict[str, int]]:
 def mixed_precision_text(ran: str, layers: Mapping[str, Mapping[str, int]]) -> str:
     """'bf16 in 71 of 73 compute layers; kept in fp32: Softmax x2' from ``layer_precisions`` (OpenVINO's
     type names there, deploybench's precision names here)."""
-    name = {"f16": "fp16", "f32": "fp32"}.get(ran, ran)
+    name = _deploybench_name(ran)
     total = sum(sum(counts.values()) for counts in layers.values())
     low = sum((layers.get(ran) or {}).values())
     kept = layers.get("f32") or {}
@@ -228,6 +228,11 @@ def mixed_precision_text(ran: str, layers: Mapping[str, Mapping[str, int]]) -> s
         return f"{name} in all {total} compute layers" if total else name
     return (f"{name} in {low} of {total} compute layers; kept in fp32: "
             + ", ".join(f"{kind} x{count}" for kind, count in kept.items()))
+
+
+def _deploybench_name(element_type: str) -> str:
+    """OpenVINO's 'f32' / 'f16' / 'bf16' as deploybench names precisions: fp32, fp16, bf16."""
+    return {"f16": "fp16", "f32": "fp32"}.get(element_type, element_type)
 
 
 def _gist(exc: BaseException) -> str:
