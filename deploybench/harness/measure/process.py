@@ -46,6 +46,20 @@ def kill_group(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def resident_mb(processes) -> float:
+    """The resident memory of ``processes`` (psutil.Process objects) together, in MB; one that ended
+    meanwhile counts nothing."""
+    import psutil
+
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -58,4 +72,4 @@ def exit_description(returncode: int) -> str:
     return f"killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with code {returncode}"
 
 
-__all__ = ["CHILD_PLUGIN_ENV", "DEFAULT_TIMEOUT_S", "child_env", "run_child_plugins", "exit_description", "kill_group", "signal_name"]
+__all__ = ["CHILD_PLUGIN_ENV", "DEFAULT_TIMEOUT_S", "child_env", "run_child_plugins", "exit_description", "kill_group", "resident_mb", "signal_name"]

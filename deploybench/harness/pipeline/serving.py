@@ -145,21 +145,14 @@ def watch_memory(limit_mb: float, interval_s: float = 0.2) -> None:
 
     import psutil
 
-    def held_mb(processes) -> float:
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:  # a child that ended meanwhile
-                continue
-        return total / 2**20
+    from deploybench.harness.measure.process import resident_mb
 
     def watch() -> None:
         me = psutil.Process()
         while True:
             time.sleep(interval_s)
             children = me.children(recursive=True)
-            held = held_mb([me, *children])
+            held = resident_mb([me, *children])
             if held > limit_mb:
                 print(f"out of memory: the worker held {held:.0f} MB, over --max-memory {limit_mb:g} MB; stopped",
                       file=sys.stderr, flush=True)

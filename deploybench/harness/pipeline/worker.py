@@ -216,22 +216,18 @@ class Worker:
         """Kill the worker (and the processes it started) when their resident memory passes the limit."""
         import psutil
 
+        from deploybench.harness.measure.process import resident_mb
+
         try:
             root = psutil.Process(self._process.pid)
-            processes = [root, *root.children(recursive=True)]
+            held = resident_mb([root, *root.children(recursive=True)])
         except psutil.NoSuchProcess:
             return
-        rss = 0
-        for process in processes:
-            try:
-                rss += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
         limit = self.settings.max_memory_mb
-        if rss / 2**20 > limit:
+        if held > limit:
             stage = self._stage
             self._discard_process()
-            raise WorkerDied(STATUS_FAILED, stage, f"{stage}: out of memory: the worker held {rss / 2**20:.0f} MB, "
+            raise WorkerDied(STATUS_FAILED, stage, f"{stage}: out of memory: the worker held {held:.0f} MB, "
                                                    f"over --max-memory {limit:g} MB; killed")
 
     def _hung(self) -> None:
