@@ -25,6 +25,7 @@ from deploybench.cli import main  # noqa: E402
 from deploybench.harness.pipeline.matrix import open_workers, run_cells, worker_key  # noqa: E402
 from deploybench.harness.pipeline.remote_worker import RemoteWorker, open_devices  # noqa: E402
 from deploybench.harness.pipeline.settings import RunSettings, TimingRules  # noqa: E402
+from deploybench.harness.results.io import load_results_file  # noqa: E402
 from deploybench.harness.results.merge import merge_matrices  # noqa: E402
 from deploybench.spec import Cell  # noqa: E402
 
@@ -237,7 +238,8 @@ def test_a_target_cell_keeps_its_target_in_id_and_key():
 def test_the_pytest_plugin_runs_the_same_cells_on_a_target(pytester, server, client_home, tmp_path, device_python):
     # pytester sets HOME to its own folder: client_home, asked for after it, puts the SSH set-up there
     """`pytest --target box --target local`: each cell once per machine, `-k box` picks the device's."""
-    pytester.makepyfile(test_deploy="from deploybench.harness.suite import test_memory, test_precision  # noqa\n")
+    pytester.makepyfile(test_deploy="from deploybench.harness.suite import test_memory, test_precision, test_speed"
+                                    "  # noqa\n")
     targets = _targets_file(tmp_path, server, device_python)
     common = ["-p", "no:cacheprovider", "--models", "digits_cnn", "--backends", "onnxruntime", "--precisions", "fp32",
               "--target", "box", "--target", "local", "--targets-file", str(targets), "--min-time", "0.2"]
@@ -245,12 +247,20 @@ def test_the_pytest_plugin_runs_the_same_cells_on_a_target(pytester, server, cli
     ids = sorted(line.split("[", 1)[1].rstrip("]") for line in listed.outlines if "::test_precision[" in line)
     assert ids == ["digits_cnn-onnx-onnxruntime-fp32", "digits_cnn-onnx-onnxruntime-fp32@box"]
     out = tmp_path / "session.json"
-    ran = pytester.runpytest_subprocess("-k", "box", "--deploybench-json", str(out), *common)
-    ran.assert_outcomes(passed=2, deselected=2)
+    stored = tmp_path / "benchmark.json"
+    ran = pytester.runpytest_subprocess("-k", "box", "--deploybench-json", str(out), "--benchmark-json", str(stored),
+                                        *common)
+    ran.assert_outcomes(passed=3, deselected=3)
     document = json.loads(out.read_text())
     (cell,) = document["cells"]
     assert cell["target"] == "box" and cell["status"] == "ok" and cell["peak_rss_mb"] > 0
     assert cell["machine_id"] == document["machine"]["machine_id"] and document["machine"]["target"] == "box"
+    # pytest-benchmark's own file keeps the device's machine beside this one's, and reads back with it
+    benchmark = json.loads(stored.read_text())
+    assert benchmark["machine_info"]["deploybench_machines"] == {document["machine"]["machine_id"]: document["machine"]}
+    results, machine, _ = load_results_file(stored)  # as report, merge, gate and history read a stored run
+    assert machine["target"] == "box" and machine["machine_id"] == cell["machine_id"]
+    assert [(r.cell.id, r.machine_id) for r in results] == [("digits_cnn-onnx-onnxruntime-fp32@box", cell["machine_id"])]
 
 
 def test_an_unknown_or_repeated_target_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):

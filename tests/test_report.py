@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -217,3 +218,21 @@ def test_reads_pytest_benchmark_json(tmp_path):
     assert result.latency_ms.p99 == pytest.approx(float(np.percentile(cell.samples_ms, 99)))
     assert result.accuracy.max_abs_error == 2e-6
     assert machine["cpu"] == "TestCPU" and machine["machine_id"] == "host1"
+
+
+def test_a_stored_pytest_run_on_targets_reads_back_with_each_cells_machine(tmp_path):
+    # what `pytest --target pi --target local` stores: pytest-benchmark's block for this machine, and
+    # deploybench's {machine_id: block} of every machine the cells ran on
+    here, there = measured("digits_cnn", "onnx", "onnxruntime"), measured("digits_cnn", "onnx", "onnxruntime")
+    there.cell = dataclasses.replace(there.cell, target="pi")
+    machines = {"host1": {"machine_id": "host1", "cpu": "Xeon", "target": "local"},
+                "board7": {"machine_id": "board7", "cpu": "Cortex-A76", "target": "pi"}}
+    data = {"machine_info": {"node": "host1", "cpu": {"brand_raw": "Xeon"}, "deploybench_machines": machines},
+            "benchmarks": [{"name": f"test_speed[{r.cell.id}]", "extra_info": {"result": r.to_dict()}, "stats": {}}
+                           for r in (here, there)]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    results, machine, _ = load_results_file(path)
+    assert machine == machines
+    assert [(r.cell.id, r.machine_id) for r in results] == [("digits_cnn-onnx-onnxruntime-fp32", "host1"),
+                                                            ("digits_cnn-onnx-onnxruntime-fp32@pi", "board7")]

@@ -287,6 +287,17 @@ def _session_matrix(state):
                   settings={"source": "pytest", **state.settings.to_dict()})
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """A session that ran cells on targets stores every machine they ran on beside pytest-benchmark's own
+    block (this machine's), so a stored run reads back with each cell's machine (``results.io``)."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None or not state.devices:
+        return
+    machine = _session_matrix(state).machine  # {machine_id: block}, or one block when one machine ran them all
+    machine_info["deploybench_machines"] = {machine["machine_id"]: machine} if "machine_id" in machine else machine
+
+
 def pytest_sessionfinish(session, exitstatus):
     state = session.config.stash.get(_STATE_KEY, None)
     if state is None:
