@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import venv
+from pathlib import Path
 from importlib.metadata import version
 
 import pytest
@@ -23,7 +24,7 @@ asyncssh = pytest.importorskip("asyncssh", reason="needs asyncssh: pip install '
 
 from deploybench.cli import main  # noqa: E402
 from deploybench.harness.pipeline.frames import FrameReader, send_frame  # noqa: E402
-from deploybench.harness.remote.probe import probe_target  # noqa: E402
+from deploybench.harness.remote.probe import _precisions_on, probe_target  # noqa: E402
 from deploybench.harness.remote.ssh import CONNECTION_LOST, SshTransport  # noqa: E402
 from deploybench.harness.remote.targets import Target  # noqa: E402
 from deploybench.harness.remote.transport import ConnectError, TransportError  # noqa: E402
@@ -205,6 +206,26 @@ def test_the_probe_reports_this_python_its_runtimes_and_the_machine(server, clie
     assert found["coreml"].version == version("coremltools") and found["coreml"].note == "predicts on macOS only"
     assert probe.facts["workdir"] == {"path": str(server.home / ".cache" / "deploybench"), "exists": False,
                                       "writable": True}
+    # the precisions follow this CPU's features, whichever answer it gives
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert set(probe.facts["cpu_flags"]) == {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"} & flags
+    assert found["onnxruntime"].precisions == ("fp32", "fp16", "int8", "int8ac")
+
+
+def test_the_probe_drops_the_precisions_a_cpu_cannot_run_and_says_why():
+    def openvino_on(arch: str, *flags: str):
+        return _precisions_on("openvino", {"arch": arch, "cpu_flags": list(flags)})
+
+    assert openvino_on("x86_64", "avx512_bf16", "avx512_fp16") == (("fp32", "fp16", "bf16", "int8", "int8ac"), "")
+    # the AMD EPYC of this machine: BF16, no FP16
+    assert openvino_on("x86_64", "avx512_bf16") == (("fp32", "bf16", "int8", "int8ac"), "runs no fp16 there: the "
+                                                    "CPU has no AVX512-FP16 or AMX-FP16 (its cells are skipped)")
+    assert openvino_on("x86_64", "amx_bf16")[0] == ("fp32", "bf16", "int8", "int8ac")  # AMX alone will do
+    precisions, why = openvino_on("x86_64")  # an AVX2-only CPU
+    assert precisions == ("fp32", "int8", "int8ac") and "no fp16" in why and "no bf16" in why
+    # on ARM the rule is not known here: the backend's own list, each cell checked when it loads
+    assert openvino_on("aarch64") == (("fp32", "fp16", "bf16", "int8", "int8ac"), "")
+    assert _precisions_on("onnxruntime", {"arch": "x86_64", "cpu_flags": []})[1] == ""
 
 
 def test_a_target_without_deploybench_is_told_what_to_install(server, client_home, tmp_path):

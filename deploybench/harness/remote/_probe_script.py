@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 MARKER = "DEPLOYBENCH-PROBE "
-# The sender writes its request here (probe.py): {"modules": [...], "workdir": "...", "alarm_s": 15}.
+# The sender writes its request here (probe.py): {"modules": [...], "workdir": "...", "alarm_s": 15,
+# "cpu_flags": [...]}.
 REQUEST = "{}"
 
 
@@ -92,6 +93,16 @@ def _os_name():
     return platform.system()
 
 
+def _cpu_flags(wanted):
+    """Which of the ``wanted`` CPU features the CPU has: /proc/cpuinfo's flags (x86) or Features (ARM)."""
+    have = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            have.update(value.split())
+    return sorted(flag for flag in wanted if flag in have)
+
+
 def _accelerator():
     gpus = sorted(os.listdir("/proc/driver/nvidia/gpus")) if os.path.isdir("/proc/driver/nvidia/gpus") else []
     if gpus:
@@ -123,7 +134,7 @@ def main():
                    "implementation": platform.python_implementation()},
         "os": {"system": platform.system(), "release": platform.release(), "name": _os_name()},
         "arch": platform.machine(), "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
-        "accelerator": _accelerator(),
+        "accelerator": _accelerator(), "cpu_flags": _cpu_flags(request.get("cpu_flags", [])),
         "modules": dict((name, _module(name)) for name in request["modules"]),
         "workdir": _workdir(request["workdir"]),
     }

@@ -19,6 +19,11 @@ from deploybench.harness.remote.transport import TransportError, open_transport
 SCRIPT = Path(__file__).with_name("_probe_script.py")
 # A module deploybench does not run but which a device may have instead of one it does.
 ALTERNATIVES = {"ai_edge_litert": "tflite_runtime"}
+# Precisions a backend runs only where the CPU has the instructions for them, as its CPU plugin decides
+# (OpenVINO on x86: bf16 with AVX512-BF16 or AMX, fp16 with AVX512-FP16 or AMX-FP16; elsewhere it runs
+# another precision, which a cell refuses): {backend: {precision: the CPU features, any of which will do}}.
+HARDWARE_PRECISIONS = {"openvino": {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}}
+X86 = ("x86_64", "amd64", "i686", "x86")
 # Exit status of a shell that did not find the command: the Python named for the target is not there.
 COMMAND_NOT_FOUND = 127
 
@@ -29,6 +34,8 @@ class BackendOnTarget:
     module: str
     version: str | None  # None: not installed there
     note: str = ""  # why it cannot run there although installed, or what was found instead
+    precisions: tuple[str, ...] = ()  # what it runs there (its own, less those the CPU cannot)
+    missing: str = ""  # the precisions it cannot run there, and why
 
     @property
     def usable(self) -> bool:
@@ -60,7 +67,8 @@ class Probe:
             if found.version is None and not found.note:
                 continue
             text = f"{found.backend} {found.version}" if found.version else found.backend
-            parts.append(f"{text} ({found.note})" if found.note else text)
+            detail = found.note or (" ".join(found.precisions) if found.usable else "")
+            parts.append(f"{text} ({detail})" if detail else text)
         return ", ".join(parts) or ("none" if self.ok else "-")
 
     def machine_text(self) -> str:
@@ -75,11 +83,13 @@ class Probe:
 
 
 def _backend_modules(target: Target) -> dict[str, str]:
-    """{backend: the module its engine class requires}, for the target's backends (default: all)."""
+    """{backend: the module its engine class requires}, for the target's backends (default: all that can run
+    on a target: not torch, whose cells run the model's own code, which stays on this machine)."""
     from deploybench.engines import engine_classes
 
     classes = engine_classes()
-    return {name: classes[name].requires for name in (target.backends or classes) if name in classes}
+    names = target.backends or [name for name, cls in classes.items() if tuple(cls.formats) != ("torch",)]
+    return {name: classes[name].requires for name in names if name in classes}
 
 
 def probe_target(target: Target, timeout: float) -> Probe:
@@ -87,7 +97,9 @@ def probe_target(target: Target, timeout: float) -> Probe:
     fault of the target or the network (that is the probe's status and error)."""
     modules = _backend_modules(target)
     request = {"modules": sorted({*modules.values(), *ALTERNATIVES.values(), "deploybench", "numpy"}),
-               "workdir": target.workdir, "alarm_s": timeout}
+               "workdir": target.workdir, "alarm_s": timeout,
+               "cpu_flags": sorted({f for needs in HARDWARE_PRECISIONS.values() for any_of in needs.values()
+                                    for f in any_of})}
     # the request is written into the script, so the command (and any error naming it) stays `python3 -`
     script = SCRIPT.read_text().replace('REQUEST = "{}"', f"REQUEST = {json.dumps(request)!r}", 1)
     with open_transport(target, timeout) as transport:
@@ -134,8 +146,24 @@ def _backends_on(facts: dict[str, Any], modules: dict[str, str]) -> list[Backend
             note = "predicts on macOS only"
         elif version and backend == "tensorrt" and "NVIDIA" not in accelerator:
             note = "no NVIDIA GPU seen"
-        backends.append(BackendOnTarget(backend, module, version, note))
+        backends.append(BackendOnTarget(backend, module, version, note, *_precisions_on(backend, facts)))
     return backends
+
+
+def _precisions_on(backend: str, facts: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+    """(the precisions ``backend`` runs on the target's CPU, what it cannot run there and why). Read off the
+    CPU's features on x86, where the rule is known; elsewhere the backend's own list, checked per cell."""
+    from deploybench.engines import engine_classes
+
+    own = tuple(engine_classes()[backend].precisions)
+    needs = HARDWARE_PRECISIONS.get(backend, {})
+    if str(facts.get("arch", "")).lower() not in X86 or "cpu_flags" not in facts:
+        return own, ""
+    flags = set(facts["cpu_flags"])
+    lacking = {p: any_of for p, any_of in needs.items() if p in own and not flags & set(any_of)}
+    why = "; ".join(f"runs no {p} there: the CPU has no {' or '.join(f.upper().replace('_', '-') for f in any_of)}"
+                    " (its cells are skipped)" for p, any_of in lacking.items())
+    return tuple(p for p in own if p not in lacking), why
 
 
 def _hints(probe: Probe) -> list[str]:
@@ -158,6 +186,7 @@ def _hints(probe: Probe) -> list[str]:
     if needed and version < needed:
         hints.append(f"{name}: deploybench needs Python >= {'.'.join(map(str, needed))} and `{python}` there is "
                      f"{facts['python']['version']}: set python = \"/path/to/python3.11\" for the target")
+    hints += [f"{name}: {b.backend} {b.missing}" for b in probe.backends if b.usable and b.missing]
     workdir = facts["workdir"]
     if not workdir["exists"] and not workdir["writable"]:
         hints.append(f"{name}: the working folder {workdir['path']} cannot be created there (no write permission); "
