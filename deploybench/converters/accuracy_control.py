@@ -136,11 +136,10 @@ def detection_figures(outputs: Sequence[Outputs], references: Sequence[Outputs],
     standing in for ground truth: ``map_drop`` (reference's mAP@0.5 minus the outputs', each ranked at the
     eval threshold, as ``harness.measure.detection`` does), ``map50``, ``reference_map50`` and
     ``detection_agreement``'s ``matched`` / ``lost`` / ``added`` at the deployment threshold."""
-    from ..tasks.detection import postprocess
+    from ..tasks.detection import postprocess, score_thresholds
     from ..tasks.metrics import detection_agreement, mean_average_precision
 
-    ranking = float(config.get("eval_score_threshold", 0.05))
-    deployed = float(config.get("score_threshold", 0.3))
+    ranking, deployed = score_thresholds(config)
 
     def detect(sample: Outputs, threshold: float):
         return postprocess(dict(zip(names, sample)), config, score_threshold=threshold)

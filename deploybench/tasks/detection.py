@@ -261,6 +261,13 @@ def decode(outputs: Mapping[str, np.ndarray], config: Mapping[str, Any], index: 
 
 
 # ---- postprocess ----------------------------------------------------------------------------------
+def score_thresholds(config: Mapping[str, Any]) -> tuple[float, float]:
+    """(evaluation, deployment) score thresholds of a detector's ``config``: mAP ranks detections, so it is
+    computed on the low-score ones too (``eval_score_threshold``); what a user is shown, and what
+    agreement compares, is cut at ``score_threshold``."""
+    return float(config.get("eval_score_threshold", 0.05)), float(config.get("score_threshold", 0.3))
+
+
 def postprocess(outputs: Mapping[str, np.ndarray], config: Mapping[str, Any], fit: Letterbox | None = None,
                 index: int = 0, score_threshold: float | None = None) -> Detections:
     """``Detections`` of image ``index`` from raw outputs: decode, score threshold, class-aware NMS,
@@ -270,7 +277,7 @@ def postprocess(outputs: Mapping[str, np.ndarray], config: Mapping[str, Any], fi
         if not size:
             raise DeployBenchError("detector task_config has no input_size: set it to [height, width]")
         fit = Letterbox.fit(size, size)
-    threshold = float(config.get("score_threshold", 0.3) if score_threshold is None else score_threshold)
+    threshold = score_thresholds(config)[1] if score_threshold is None else float(score_threshold)
     max_detections = int(config.get("max_detections", 100))
     names = tuple(config.get("class_names", ()))
     if all(name in outputs for name in IN_GRAPH_OUTPUTS[:3]):
@@ -315,4 +322,5 @@ def predict_detections(engine, images, **options: Any):
 
 
 __all__ = ["Detections", "IN_GRAPH_OUTPUTS", "Letterbox", "box_iou", "cell_centres", "decode", "decode_dense",
+           "score_thresholds",
            "letterbox", "nms", "postprocess", "predict_detections", "preprocess"]

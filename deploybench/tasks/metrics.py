@@ -11,7 +11,7 @@ import numpy as np
 
 from ..spec import DeployBenchError
 from .coco_numpy import Image, coco_bbox_ap
-from .detection import Detections, postprocess
+from .detection import Detections, postprocess, score_thresholds
 from .nms import box_iou
 
 
@@ -157,7 +157,7 @@ def evaluate_detection(infer, inputs: Mapping[str, np.ndarray], truths: Sequence
     count = len(truths) if limit is None else min(int(limit), len(truths))
     if count == 0:
         raise DeployBenchError("detection eval_data has no images; give at least one image with its boxes")
-    threshold = float(config.get("eval_score_threshold", 0.05))
+    threshold = score_thresholds(config)[0]
     detections = []
     for i in range(count):
         outputs = infer({name: array[i:i + 1] for name, array in inputs.items()})

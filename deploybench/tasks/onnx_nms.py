@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..spec import Artifact, DeployBenchError, TensorSpec
-from .detection import cell_centres
+from .detection import cell_centres, score_thresholds
 
 
 def onnx_with_nms(artifact: Artifact, out_dir: str | Path | None = None, score_threshold: float | None = None,
@@ -34,7 +34,7 @@ def onnx_with_nms(artifact: Artifact, out_dir: str | Path | None = None, score_t
     graph = model.graph
     known = {o.name for o in graph.output}
     in_h, in_w = (int(v) for v in config["input_size"])
-    score_threshold = float(config.get("score_threshold", 0.3) if score_threshold is None else score_threshold)
+    score_threshold = score_thresholds(config)[1] if score_threshold is None else float(score_threshold)
     iou_threshold = float(config.get("iou_threshold", 0.5) if iou_threshold is None else iou_threshold)
     max_detections = int(config.get("max_detections", 100) if max_detections is None else max_detections)
     nodes, inits = [], []

@@ -25,10 +25,9 @@ Infer = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 def _detections_of(infer: Infer, inputs: Mapping[str, np.ndarray], count: int, config: Mapping[str, Any]
                    ) -> tuple[list, list]:
     """(detections at the evaluation score threshold, detections at the deployment threshold) per image."""
-    from deploybench.tasks.detection import postprocess
+    from deploybench.tasks.detection import postprocess, score_thresholds
 
-    eval_threshold = float(config.get("eval_score_threshold", 0.05))
-    deploy_threshold = float(config.get("score_threshold", 0.3))
+    eval_threshold, deploy_threshold = score_thresholds(config)
     for_map, deployed = [], []
     for i in range(count):
         outputs = infer({name: array[i:i + 1] for name, array in inputs.items()})
@@ -64,6 +63,7 @@ def detection_quality(infer: Infer, reference: Infer, spec: ModelSpec, limit: in
     "mean_iou", "mean_score_delta", "score_threshold"}}``. A drop is reference minus cell (positive:
     the cell is worse). Agreement compares detections at the model's deployment ``score_threshold``.
     """
+    from deploybench.tasks.detection import score_thresholds
     from deploybench.tasks.metrics import detection_agreement, mean_average_precision
 
     if spec.eval_data is None:
@@ -85,7 +85,7 @@ def detection_quality(infer: Infer, reference: Infer, spec: ModelSpec, limit: in
             "map50_95_drop": expected["map50_95"] - found["map50_95"],
             "images": count,
         },
-        "detection_agreement": {**agreement, "score_threshold": float(spec.task_config.get("score_threshold", 0.3))},
+        "detection_agreement": {**agreement, "score_threshold": score_thresholds(spec.task_config)[1]},
     }
 
 
