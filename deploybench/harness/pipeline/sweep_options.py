@@ -5,38 +5,35 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from deploybench.spec import DeployBenchError
 
 
-def fractions(option: str) -> Callable[[str], tuple[float, ...]]:
-    """An argparse type: '0,0.25,0.5' -> (0.0, 0.25, 0.5), each in [0, 1), none twice."""
-    def parse(text: str) -> tuple[float, ...]:
+def _distinct_values(number: Callable[[str], Any], valid: Callable[[Any], bool], wanted: str, example: str
+                     ) -> Callable[[str], tuple]:
+    """An argparse type: comma-separated values read by ``number``, each ``valid``, none twice; otherwise
+    the error says what is ``wanted`` and shows ``example``."""
+    def parse(text: str) -> tuple:
         try:
-            values = tuple(float(part) for part in str(text).split(",") if part.strip())
+            values = tuple(number(part) for part in str(text).split(",") if part.strip())
         except ValueError:
             values = ()
-        if not values or len(set(values)) != len(values) or any(not 0.0 <= v < 1.0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: write distinct fractions in [0, 1) joined by commas, "
-                                             f"e.g. {option} 0,0.25,0.5")
+        if not values or len(set(values)) != len(values) or not all(map(valid, values)):
+            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted} joined by commas, e.g. {example}")
         return values
 
     return parse
+
+
+def fractions(option: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type: '0,0.25,0.5' -> (0.0, 0.25, 0.5), each in [0, 1), none twice."""
+    return _distinct_values(float, lambda v: 0.0 <= v < 1.0, "distinct fractions in [0, 1)", f"{option} 0,0.25,0.5")
 
 
 def counts(option: str) -> Callable[[str], tuple[int, ...]]:
     """An argparse type: '64,256' -> (64, 256), distinct whole numbers of at least 1."""
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(part) for part in str(text).split(",") if part.strip())
-        except ValueError:
-            values = ()
-        if not values or len(set(values)) != len(values) or any(v < 1 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r}: write distinct whole numbers of at least 1 joined by "
-                                             f"commas, e.g. {option} 64,256")
-        return values
-
-    return parse
+    return _distinct_values(int, lambda v: v >= 1, "distinct whole numbers of at least 1", f"{option} 64,256")
 
 
 def option_values(value, parse: Callable[[str], tuple], what: str = "setting") -> tuple:
