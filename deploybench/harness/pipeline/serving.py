@@ -123,12 +123,7 @@ def end_with_parent() -> None:
             time.sleep(1.0)
         import psutil
 
-        for child in psutil.Process().children(recursive=True):
-            try:
-                child.kill()
-            except psutil.Error:
-                continue
-        os._exit(1)
+        _end(psutil.Process().children(recursive=True), 1)
 
     threading.Thread(target=watch, daemon=True, name="deploybench-end-with-parent").start()
 
@@ -156,14 +151,22 @@ def watch_memory(limit_mb: float, interval_s: float = 0.2) -> None:
             if held > limit_mb:
                 print(f"out of memory: the worker held {held:.0f} MB, over --max-memory {limit_mb:g} MB; stopped",
                       file=sys.stderr, flush=True)
-                for child in children:
-                    try:
-                        child.kill()
-                    except psutil.Error:
-                        continue
-                os._exit(OUT_OF_MEMORY_EXIT)
+                _end(children, OUT_OF_MEMORY_EXIT)
 
     threading.Thread(target=watch, daemon=True, name="deploybench-max-memory").start()
+
+
+def _end(children, status: int) -> None:
+    """Kill what this worker started, then end it with ``status`` at once (a watch thread cannot unwind the
+    main thread, which may be deep in a model's call)."""
+    import psutil
+
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+    os._exit(status)
 
 
 __all__ = ["ISOLATED", "OUT_OF_MEMORY_EXIT", "end_with_parent", "quiet_converters", "serve", "watch_memory"]
