@@ -216,20 +216,19 @@ def _results_from_pytest_benchmark(data: Mapping[str, Any]) -> tuple[list[Result
         if result.throughput_ips is None and stats.get("ops"):
             result.throughput_ips = float(stats["ops"])
         results.append(result)
+    settings = {"source": "pytest-benchmark", "commit": (data.get("commit_info") or {}).get("id")}
     machine = dict(data.get("machine_info") or {})
     machines = machine.get("deploybench_machines")
     if isinstance(machines, Mapping) and machines:  # cells that ran on targets (pytest --target)
         by_target = {str(block.get("target") or "local"): key for key, block in machines.items()}
         for result in results:
             result.machine_id = by_target.get(result.cell.target or "local", result.machine_id)
-        settings = {"source": "pytest-benchmark", "commit": (data.get("commit_info") or {}).get("id")}
         blocks = {str(k): dict(v) for k, v in machines.items()}
         return results, blocks if len(blocks) > 1 else next(iter(blocks.values())), settings
     if isinstance(machine.get("cpu"), Mapping):
         machine["cpu"] = machine["cpu"].get("brand_raw") or machine["cpu"].get("arch") or ""
     if "node" in machine and "machine_id" not in machine:
         machine["machine_id"] = machine["node"]
-    settings = {"source": "pytest-benchmark", "commit": (data.get("commit_info") or {}).get("id")}
     return results, machine, settings
 
 
